@@ -1,0 +1,1 @@
+"""Host-agnostic ReNeg engine. Never imports ComfyUI or A1111."""
