@@ -45,7 +45,10 @@ class DiffusersBackend:
 
     def to(self, device=None, dtype=None) -> "DiffusersBackend":
         for module in (self.unet, self.vae, self.text_encoder):
-            module.to(device=device, dtype=dtype)
+            if device is not None and module.device != torch.device(device):
+                module.to(device=device)
+            if dtype is not None and module.dtype != dtype:
+                module.to(dtype=dtype)
         return self
 
     def model_output(self, latents: torch.Tensor, timestep, context: torch.Tensor) -> torch.Tensor:
@@ -102,7 +105,8 @@ def load_backend(model: str, device: str | torch.device = "cpu", dtype: torch.dt
     from .tiny_models import TINY_MODELS, load_tiny_backend
 
     if model in TINY_MODELS:
-        return load_tiny_backend(model).to(device=device, dtype=dtype)
+        shared = torch.device(device) == torch.device("cpu") and dtype == torch.float32
+        return load_tiny_backend(model, fresh=not shared).to(device=device, dtype=dtype)
     from diffusers import StableDiffusionPipeline
 
     path = Path(os.path.expanduser(model))

@@ -1,0 +1,44 @@
+"""``reneg generate`` — CFG-DDIM text-to-image with a negative embedding (equals StableDiffusionPipeline+DDIM)."""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate image(s) with a negative embedding (or negative prompt)")
+    add_model_args(p)
+    p.add_argument("--prompt", required=True)
+    neg = p.add_mutually_exclusive_group()
+    neg.add_argument("--negative", default=None, help="negative embedding file (default: the null text)")
+    neg.add_argument("--negative-prompt", default=None, help="plain negative prompt text instead of an embedding")
+    p.add_argument("--seed", type=int, default=0, help="seed; x_T drawn like diffusers (CPU generator)")
+    p.add_argument("--steps", type=int, default=30, help="DDIM steps")
+    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale")
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--out", default="reneg.png", help="PNG path (-i suffix per image when batch > 1)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..ddim import initial_latents, sample
+    from .common import load_backend_from_args, resolve_negative, save_images
+
+    backend = load_backend_from_args(args)
+    negative = resolve_negative(backend, args.negative, args.negative_prompt)
+    cond = backend.encode_prompts([args.prompt] * args.batch_size)
+    latents = initial_latents(backend, args.batch_size, args.height, args.width, args.seed, dtype=backend.dtype)
+    with tqdm(total=args.steps, desc="sampling") as bar:
+        latents = sample(backend, cond, negative.to(backend.device), latents, args.steps, args.guidance,
+                         callback=lambda *_: bar.update(1))
+    with torch.no_grad():
+        images = backend.decode(latents)
+    for path in save_images(images, args.out):
+        print(path)
+    return 0

@@ -1,0 +1,33 @@
+"""Shared fixtures: released-embedding folder (../shared beside the checkout) and tiny models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RELEASED_DIR = Path(os.environ.get("RENEG_RELEASED_DIR", REPO.parent / "shared" / "fixtures" / "released"))
+RELEASED = {"sd1.4": (1, 77, 768), "sd1.5": (1, 77, 768), "sd2.1": (1, 77, 1024), "pixart-alpha": (1, 120, 4096)}
+
+
+@pytest.fixture(scope="session")
+def released_dir() -> Path:
+    if not (RELEASED_DIR / "sd1.5_reneg_emb.bin").is_file():
+        pytest.skip(f"released embeddings not found at {RELEASED_DIR} (put ../shared beside the checkout "
+                    "or set RENEG_RELEASED_DIR)")
+    return RELEASED_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_backend():
+    from reneg.core.tiny_models import load_tiny_backend
+
+    return load_tiny_backend("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_v_backend():
+    from reneg.core.tiny_models import load_tiny_backend
+
+    return load_tiny_backend("tiny-v")
