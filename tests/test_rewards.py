@@ -163,6 +163,17 @@ def test_tiny_reward_is_differentiable_frozen_and_prompt_dependent(tiny):
         tiny.score(x, ["a", "b", "c"])
 
 
+def test_reward_dtype_bf16_keeps_fp32_scores_and_pixel_gradients(tiny):
+    x, prompts = _images(2, 64, 64), ["a cat", "a dog"]
+    low = load_tiny(dtype=torch.bfloat16)
+    assert low.dtype == torch.bfloat16
+    xg = x.clone().requires_grad_(True)
+    s = low.score(xg, prompts)
+    s.sum().backward()
+    assert s.dtype == torch.float32 and xg.grad.dtype == torch.float32 and xg.grad.abs().sum() > 0
+    torch.testing.assert_close(s.detach(), tiny.score(x, prompts).detach(), atol=1.5, rtol=0)
+
+
 def test_tiny_reward_is_seeded_and_leaves_global_rng_alone():
     torch.manual_seed(7)
     before = torch.random.get_rng_state()

@@ -52,9 +52,10 @@ def build_open_clip(arch: str | Mapping[str, Any], state_dict: Mapping[str, torc
     """
     import open_clip
 
-    cfg = open_clip.get_model_config(arch) if isinstance(arch, str) else copy.deepcopy(dict(arch))
+    cfg = open_clip.get_model_config(arch) if isinstance(arch, str) else dict(arch)
     if cfg is None:
         raise RenegError(f"Unknown open_clip architecture {arch!r}; valid: {open_clip.list_models()}.")
+    cfg = copy.deepcopy(cfg)
     if cfg.pop("custom_text", False) or "hf_model_name" in cfg.get("text_cfg", {}):
         raise RenegError(f"open_clip architecture {arch!r} uses a custom text tower; only plain CLIP is supported.")
     if state_dict is None:
