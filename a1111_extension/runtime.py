@@ -1,0 +1,103 @@
+"""Webui glue shared by the script and the tab: backend for the loaded model, rewards, grad contexts, progress.
+
+Imports webui modules (``modules.shared``, ``modules.devices``); loaded only inside A1111/Forge.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Iterator, Optional
+
+import torch
+
+from modules import devices, shared
+
+from ..core.errors import RenegError
+from ..core.rewards import build_reward, parse_reward_spec
+from . import settings
+from .model_adapter import ForgeBackend, backend_for
+
+log = logging.getLogger("reneg.a1111")
+
+_reward_cache: dict[str, Any] = {}
+
+
+def current_backend():
+    """A DiffusionBackend over ``shared.sd_model`` (refuses --lowvram/--medvram, SDXL, inpainting models)."""
+    kwargs = {}
+    if not hasattr(shared.sd_model, "forge_objects"):
+        kwargs = dict(dtype=getattr(devices, "dtype_unet", None), vae_dtype=getattr(devices, "dtype_vae", None))
+    backend = backend_for(shared.sd_model, shared.cmd_opts, **kwargs)
+    if isinstance(backend, ForgeBackend):
+        backend.prepare_for_grad()
+    return backend
+
+
+def model_hash() -> str:
+    m = shared.sd_model
+    return str(getattr(m, "sd_model_hash", None) or getattr(getattr(m, "sd_checkpoint_info", None), "hash", "")
+               or id(m))
+
+
+def reward_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA when the webui runs in half precision, fp32 otherwise."""
+    if device.type == "cuda" and getattr(devices, "dtype", torch.float32) == torch.float16:
+        return torch.float16
+    return torch.float32
+
+
+def load_reward(spec: str, device: torch.device):
+    """Build (or reuse) the reward ``spec`` with the weights configured in Settings → ReNeg."""
+    spec = (spec or settings.opt("reneg_default_reward") or "hpsv2.1").strip().lower()
+    names = [n for n, _ in parse_reward_spec(spec)]
+    configured = settings.reward_weights()
+    weights = {n: configured[n] for n in names if configured.get(n)}
+    dtype = reward_dtype(device)
+    key = (spec, tuple(sorted(weights.items())), str(device), str(dtype))
+    if _reward_cache.get("key") == key:
+        return _reward_cache["reward"]
+    _reward_cache.clear()
+    devices.torch_gc()
+    with settings.rewards_dir_env():
+        reward = build_reward(spec, weights or None, device=device, dtype=dtype)
+    if settings.opt("reneg_keep_reward_loaded"):
+        _reward_cache.update(key=key, reward=reward)
+    return reward
+
+
+def release_reward() -> None:
+    """Drop a cached reward unless the settings ask to keep it."""
+    if not settings.opt("reneg_keep_reward_loaded"):
+        _reward_cache.clear()
+        devices.torch_gc()
+
+
+@contextlib.contextmanager
+def grad_enabled() -> Iterator[None]:
+    """Gradients inside the webui's ``no_grad`` (A1111) or ``inference_mode`` (Forge) processing."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+@contextlib.contextmanager
+def maybe_checkpointing(backend) -> Iterator[None]:
+    if settings.opt("reneg_gradient_checkpointing") and hasattr(backend, "gradient_checkpointing"):
+        with backend.gradient_checkpointing():
+            yield
+    else:
+        yield
+
+
+def interrupted() -> bool:
+    return bool(shared.state.interrupted or getattr(shared.state, "skipped", False)
+                or getattr(shared.state, "stopping_generation", False))
+
+
+def set_textinfo(text: str) -> None:
+    shared.state.textinfo = text
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, RenegError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

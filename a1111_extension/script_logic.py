@@ -1,0 +1,137 @@
+"""The ReNeg script's logic without the webui: arguments, infotext, paste, per-prompt refinement.
+
+The webui ``Script`` (:mod:`.script`) is a thin shell around these functions.
+
+Script arguments, in order (the UI components and the API's ``alwayson_scripts["reneg"]["args"]``):
+
+====  ===============  =======  ==========================================================================
+ #    name             type     meaning
+====  ===============  =======  ==========================================================================
+ 0    enabled          bool     apply a ReNeg negative embedding
+ 1    embedding        str      dropdown name (``sd1.5_reneg_emb``), file name, or stem
+ 2    strength         float    0..1 blend with the negative prompt's conditioning; 1 = replace (default)
+ 3    refine           bool     refine the embedding for each prompt before sampling
+ 4    refine_steps     int      max optimisation steps (default 10)
+ 5    patience         int      stop after this many steps without a better reward (default 3)
+ 6    reward           str      reward name or mix, e.g. ``hpsv2.1`` or ``hpsv2.1:1,aesthetic:0.5``
+====  ===============  =======  ==========================================================================
+
+Only ``enabled`` and ``embedding`` are required; missing trailing arguments take their defaults.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..core.errors import RenegError
+
+#: Infotext keys (``ReNeg: name, ReNeg strength: 0.8, ...``).
+KEY_NAME = "ReNeg"
+KEY_HASH = "ReNeg hash"
+KEY_STRENGTH = "ReNeg strength"
+KEY_REFINE_STEPS = "ReNeg refine steps"
+KEY_PATIENCE = "ReNeg refine patience"
+KEY_REWARD = "ReNeg reward"
+KEY_REFINED = "ReNeg refined"
+
+DEFAULT_REWARD = "hpsv2.1"
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v)
+
+
+@dataclass
+class ScriptArgs:
+    enabled: bool = False
+    embedding: str = ""
+    strength: float = 1.0
+    refine: bool = False
+    refine_steps: int = 10
+    patience: int = 3
+    reward: str = DEFAULT_REWARD
+
+    @classmethod
+    def from_args(cls, args: Sequence[Any]) -> "ScriptArgs":
+        """Parse the positional script args (UI or API); validates ranges with clear errors."""
+        names = [f.name for f in fields(cls)]
+        if len(args) > len(names):
+            raise RenegError(f"ReNeg takes at most {len(names)} script args ({', '.join(names)}); got {len(args)}.")
+        values = dict(zip(names, args))
+        out = cls()
+        try:
+            out.enabled = _bool(values.get("enabled", out.enabled))
+            out.embedding = str(values.get("embedding") or "").strip()
+            out.strength = float(values["strength"]) if values.get("strength") is not None else 1.0
+            out.refine = _bool(values.get("refine", out.refine))
+            out.refine_steps = int(values.get("refine_steps") or out.refine_steps)
+            out.patience = int(values.get("patience") or out.patience)
+            out.reward = str(values.get("reward") or DEFAULT_REWARD).strip()
+        except (TypeError, ValueError) as exc:
+            raise RenegError(f"Bad ReNeg script argument ({exc}); expected {names}.") from exc
+        if not 0.0 <= out.strength <= 1.0:
+            raise RenegError(f"ReNeg strength must be within 0..1 (got {out.strength}).")
+        if out.refine_steps < 1 or out.patience < 1:
+            raise RenegError("ReNeg refine steps and patience must be >= 1.")
+        return out
+
+    def as_list(self) -> list:
+        return list(asdict(self).values())
+
+
+def infotext_params(args: ScriptArgs, file_hash: str = "") -> dict[str, Any]:
+    """``p.extra_generation_params`` entries for an enabled run (defaults are left out)."""
+    params: dict[str, Any] = {KEY_NAME: args.embedding}
+    if file_hash:
+        params[KEY_HASH] = file_hash
+    if args.strength != 1.0:
+        params[KEY_STRENGTH] = args.strength
+    if args.refine:
+        params[KEY_REFINE_STEPS] = args.refine_steps
+        params[KEY_PATIENCE] = args.patience
+        params[KEY_REWARD] = args.reward
+    return params
+
+
+def args_from_infotext(d: dict[str, Any]) -> Optional[ScriptArgs]:
+    """What "paste" restores from a parsed infotext dict; None when the image was made without ReNeg."""
+    if KEY_NAME not in d:
+        return None
+    refine = KEY_REFINE_STEPS in d
+    return ScriptArgs(
+        enabled=True, embedding=str(d[KEY_NAME]), strength=float(d.get(KEY_STRENGTH, 1.0)), refine=refine,
+        refine_steps=int(d.get(KEY_REFINE_STEPS, 10)), patience=int(d.get(KEY_PATIENCE, 3)),
+        reward=str(d.get(KEY_REWARD, DEFAULT_REWARD)))
+
+
+def refine_key(model_hash: str, file_hash: str, prompt: str, seed: int, args: ScriptArgs,
+               extra: Sequence[Any]) -> tuple:
+    """Cache key of one per-prompt refinement (model, embedding, prompt, seed, settings)."""
+    return (model_hash, file_hash, prompt, int(seed), args.refine_steps, args.patience, args.reward, *extra)
+
+
+def refine_batch(refine_one: Callable[[str, int], torch.Tensor], prompts: Sequence[str],
+                 seeds: Sequence[int]) -> list[torch.Tensor]:
+    """One refined negative per batch row, refined once per distinct prompt (with its first row's seed).
+
+    ``refine_one(prompt, seed) -> [1, T, D]`` does the work (and its own caching across batches).
+    """
+    done: dict[str, torch.Tensor] = {}
+    rows = []
+    for prompt, seed in zip(prompts, seeds):
+        if prompt not in done:
+            done[prompt] = refine_one(prompt, int(seed))
+        rows.append(done[prompt])
+    return rows
+
+
+def summarize_refinement(results: Sequence[Any]) -> str:
+    """Infotext value like ``0.2210->0.2391 (step 4)``; several prompts are joined with ``; ``."""
+    parts = []
+    for r in results:
+        parts.append(f"{float(r.start_reward):.4f}->{float(r.best_reward):.4f} (step {int(r.best_step)})")
+    return "; ".join(parts)
