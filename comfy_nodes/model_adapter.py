@@ -1,0 +1,188 @@
+"""A :class:`~..core.model_boundary.DiffusionBackend` over ComfyUI's MODEL, VAE (and optional CLIP).
+
+Only imported inside a running ComfyUI (it imports ``comfy``). Why it looks the way it does:
+
+* ComfyUI executes every node under ``torch.inference_mode()``; its weights and every tensor handed between nodes
+  are inference tensors, which autograd refuses to save for backward. So the backend is built and used under
+  ``torch.inference_mode(False)``: :func:`prepared` loads the models with ``load_models_gpu`` (LoRA and other
+  weight patches applied, full load), then clones the UNet's and the VAE decoder's parameters once into normal
+  tensors and calls the modules through ``torch.func.functional_call`` with those clones. The clones cost about one
+  extra UNet + VAE-decoder copy in memory for the life of the node run.
+* The UNet is called directly in the DDPM parametrisation (``x_t``, discrete timestep ``t``), which is what SD1.x /
+  SD2.x networks compute: for ComfyUI's ``EPS``/``V_PREDICTION`` samplings ``calculate_input(σ, x) = x_t``
+  and ``timestep(σ) = t``, so :attr:`prediction_type` is the network's own (``epsilon`` or ``v_prediction``) and
+  the engine's DDIM math is the same as with the diffusers backend. ``alphas_cumprod`` comes from the (possibly
+  patched) ``model_sampling.sigmas``: ᾱ = 1/(1+σ²).
+* Decoding uses ``vae.first_stage_model.decode(model.process_latent_out(x0))`` (differentiable), not
+  ``VAE.decode`` (which preallocates, copies, may tile and returns BHWC).
+* ``model_options`` patches (attention/CFG hooks set by other nodes) are not applied on this path; weight patches
+  (LoRA, merges) are, because they live in the loaded weights.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch.func import functional_call
+
+from ..core.errors import RenegError
+
+log = logging.getLogger("reneg")
+
+#: Token count of one CLIP chunk; ComfyUI encodes longer prompts as several chunks.
+CHUNK_TOKENS = 77
+
+
+class _DecodeOnly(torch.nn.Module):
+    """Exposes ``first_stage_model.decode`` as ``forward`` so ``functional_call`` can swap its parameters."""
+
+    def __init__(self, first_stage_model: torch.nn.Module):
+        super().__init__()
+        self.inner = first_stage_model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inner.decode(z)
+
+
+def _clone_tensors(module: torch.nn.Module, prefix_filter: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Normal (non-inference) copies of a module's parameters and buffers, optionally only some prefixes."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        if prefix_filter and not name.startswith(prefix_filter):
+            continue
+        out[name] = tensor.detach().clone()
+    return out
+
+
+def prediction_type_of(model_sampling) -> str:
+    """``"epsilon"`` / ``"v_prediction"`` for ComfyUI's discrete SD samplings; a clear error otherwise."""
+    import comfy.model_sampling as ms
+
+    if not isinstance(model_sampling, ms.ModelSamplingDiscrete):
+        raise RenegError(f"ReNeg supports SD1.x/SD2.x models with a discrete DDPM schedule; this model uses "
+                         f"{type(model_sampling).__name__}. Load an SD1.x or SD2.x checkpoint.")
+    unsupported = tuple(getattr(ms, n) for n in ("EDM", "X0", "IMG_TO_IMG", "CONST", "COSMOS_RFLOW") if hasattr(ms, n))
+    if isinstance(model_sampling, unsupported):
+        raise RenegError(f"Unsupported model sampling {type(model_sampling).__name__}: ReNeg needs an epsilon- or "
+                         "v-prediction SD1.x/SD2.x model.")
+    if isinstance(model_sampling, ms.V_PREDICTION):
+        return "v_prediction"
+    if isinstance(model_sampling, ms.EPS):
+        return "epsilon"
+    raise RenegError(f"Unknown prediction type for {type(model_sampling).__name__}.")
+
+
+class ComfyBackend:
+    """SD1.x/SD2.x MODEL + VAE (+ CLIP for prompt encoding) of a running ComfyUI, with cloned frozen weights.
+
+    Build it with :func:`prepared` (which also loads the models onto the device) and use it inside that block.
+    """
+
+    def __init__(self, model, vae, clip=None, name: str = "comfyui"):
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        self.model, self.vae, self.clip, self.name = model, vae, clip, name
+        base = model.model
+        self._base = base
+        self._unet = base.diffusion_model
+        if not isinstance(self._unet, UNetModel):
+            raise RenegError(f"ReNeg needs an SD1.x/SD2.x UNet; this MODEL is a {type(self._unet).__name__} "
+                             f"({type(base).__name__}). Load an SD1.x or SD2.x checkpoint.")
+        cfg = base.model_config.unet_config
+        if base.adm_channels or getattr(base, "concat_keys", ()) or cfg.get("in_channels", 4) != 4:
+            raise RenegError(f"{type(base).__name__} needs extra inputs (SDXL/unCLIP/inpaint/upscale models): "
+                             "ReNeg supports plain text-to-image SD1.x/SD2.x checkpoints.")
+        if vae is None or getattr(vae, "first_stage_model", None) is None:
+            raise RenegError("The VAE input is empty or invalid: connect the checkpoint's VAE (or a VAE loader).")
+        self.context_dim = int(cfg["context_dim"])
+        self.latent_channels = int(base.latent_format.latent_channels)
+        self.vae_scale_factor = int(getattr(vae, "downscale_ratio", 8))
+        self.prediction_type = prediction_type_of(base.model_sampling)
+        self._unet_params: dict[str, torch.Tensor] | None = None
+        self._vae_params: dict[str, torch.Tensor] | None = None
+        self._decoder = _DecodeOnly(vae.first_stage_model)
+
+    # --- DiffusionBackend properties -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.model.load_device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._base.manual_cast_dtype or self._base.get_dtype()
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        sigmas = self._base.model_sampling.sigmas.detach().to("cpu", torch.float64)
+        return (1.0 / (1.0 + sigmas ** 2)).float()
+
+    # --- weights -------------------------------------------------------------------------------------------------
+    def load(self) -> "ComfyBackend":
+        """Load MODEL and VAE fully onto their device (patches applied) and clone their weights once."""
+        import comfy.model_management as mm
+
+        mm.load_models_gpu([self.model, self.vae.patcher], force_full_load=True)
+        self._unet_params = _clone_tensors(self._unet)
+        self._vae_params = {f"inner.{k}": v for k, v in
+                            _clone_tensors(self.vae.first_stage_model, ("decoder.", "post_quant_conv.")).items()}
+        return self
+
+    def release(self) -> None:
+        """Drop the cloned weights (called when the node is done)."""
+        self._unet_params = self._vae_params = None
+
+    def _require_loaded(self) -> None:
+        if self._unet_params is None:
+            raise RuntimeError("ComfyBackend used outside `prepared(...)`: call load() first.")
+
+    # --- DiffusionBackend methods --------------------------------------------------------------------------------
+    def model_output(self, latents: torch.Tensor, timestep, context: torch.Tensor) -> torch.Tensor:
+        """UNet output for DDPM latents ``x_t`` at discrete ``timestep`` (ε or v, the model's own units)."""
+        self._require_loaded()
+        dtype, device = self.dtype, self.device
+        t = torch.as_tensor(timestep, device=device, dtype=torch.float32).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(latents.shape[0])
+        out = functional_call(self._unet, self._unet_params, (latents.to(device, dtype), t),
+                              {"context": context.to(device, dtype), "transformer_options": {}})
+        return out.float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Differentiable decode of DDPM-space (scaled) latents to BCHW images in ``[0, 1]``."""
+        self._require_loaded()
+        z = self._base.process_latent_out(latents.float())
+        image = functional_call(self._decoder, self._vae_params, (z.to(self.vae.device, self.vae.vae_dtype),))
+        return ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0).to(latents.device)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """``[len(prompts), 77, D]`` from the connected CLIP (first 77-token chunk of long prompts)."""
+        conds = [encode_text(self.clip, p)[0] for p in prompts]
+        return torch.cat(conds).to(self.device, self.dtype)
+
+
+def encode_text(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(cond ``[1,77,D]`` fp32 normal tensor, pooled ``[1,P]`` or None) for ``text`` with ComfyUI's CLIP."""
+    if clip is None:
+        raise RenegError("This needs a CLIP input (text encoder): connect the checkpoint's CLIP.")
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    if cond.shape[1] > CHUNK_TOKENS:
+        log.warning("ReNeg: prompt %r is longer than one 77-token chunk; using the first chunk (as diffusers "
+                    "and the ReNeg paper do).", text[:60])
+    with torch.inference_mode(False):
+        cond = cond[:, :CHUNK_TOKENS].detach().clone().float()
+        pooled = pooled.detach().clone().float() if isinstance(pooled, torch.Tensor) else None
+    return cond, pooled
+
+
+@contextmanager
+def prepared(model, vae, clip=None, name: str = "comfyui") -> Iterator[ComfyBackend]:
+    """``with prepared(model, vae, clip) as backend:`` — gradients enabled, inference mode off, weights cloned."""
+    with torch.inference_mode(False), torch.enable_grad():
+        backend = ComfyBackend(model, vae, clip, name=name).load()
+        try:
+            yield backend
+        finally:
+            backend.release()

@@ -1,0 +1,313 @@
+"""The ReNeg ComfyUI nodes (V3 schema, ``comfy_api.latest``). Imported only inside a running ComfyUI.
+
+Nodes stay thin: they validate inputs, resolve files through :mod:`.files`, and call the host-agnostic engine in
+``core`` through :mod:`.model_adapter` (``*_run`` modules hold the per-node work so tests can call it directly).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from typing_extensions import override
+
+import folder_paths
+from comfy_api.latest import ComfyExtension, io, ui
+
+from ..core.embedding_io import check_compatible, load_embedding, save_embedding
+from ..core.errors import RenegError
+from ..core.released import PACK_EMBEDDINGS_DIR, download_released, released_embeddings
+from ..core.rewards import REWARD_NAMES
+from ..core.rewards.weights import REWARDS_DIR_ENV
+from ..core.train import TrainConfig
+from . import files
+from .conditioning import apply_strength, pack, single_tensor
+
+log = logging.getLogger("reneg")
+CATEGORY = "conditioning/reneg"
+#: Custom socket type for reward models (prefixed so it cannot be wired to other packs' REWARD sockets).
+Reward = io.Custom("RENEG_REWARD")
+
+files.register_folders(folder_paths, PACK_EMBEDDINGS_DIR)
+# 'auto' reward weights: core looks in $RENEG_REWARDS_DIR by file/repo name; default it to models/reneg_rewards.
+os.environ.setdefault(REWARDS_DIR_ENV, folder_paths.get_folder_paths(files.REWARD_FOLDER)[0])
+
+
+def _embedding_dirs() -> list[str]:
+    return folder_paths.get_folder_paths(files.EMBEDDING_FOLDER)
+
+
+def _reward_dirs() -> list[str]:
+    return folder_paths.get_folder_paths(files.REWARD_FOLDER)
+
+
+def _released_by_filename() -> dict:
+    return {e.filename: e for e in released_embeddings().values()}
+
+
+def resolve_embedding(choice: str) -> Path:
+    """Local file for a dropdown entry; a released file missing locally is downloaded (sha256-verified)."""
+    name = files.check_relative_name(choice, "embedding name")
+    local = folder_paths.get_full_path(files.EMBEDDING_FOLDER, name)
+    if local is not None:
+        return Path(local)
+    released = _released_by_filename().get(name)
+    if released is None:
+        raise RenegError(f"Embedding '{name}' not found in {_embedding_dirs()}. Put the file into models/reneg/ "
+                         "and refresh the node list.")
+    target_dir = _embedding_dirs()[0]
+    log.info("ReNeg: downloading released embedding %s to %s", released.name, target_dir)
+    return download_released(released.name, target_dir)
+
+
+def _null_conditioning(clip) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from .model_adapter import encode_text
+
+    return encode_text(clip, "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class LoadEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        found = folder_paths.get_filename_list(files.EMBEDDING_FOLDER)
+        return io.Schema(
+            node_id="ReNegLoadEmbedding",
+            display_name="Load ReNeg Embedding",
+            category=CATEGORY,
+            description="Load a ReNeg negative embedding as the negative CONDITIONING (connect it to a KSampler's "
+                        "negative). Files come from models/reneg/ and the pack's embeddings/ folder; released "
+                        "embeddings not yet on disk are downloaded on first use (sha256-verified).",
+            inputs=[
+                io.Combo.Input("embedding", options=files.embedding_choices(found, _released_by_filename())),
+                io.Float.Input("strength", default=1.0, min=-1.0, max=3.0, step=0.05,
+                               tooltip="Blend with the empty-prompt negative: 0 = plain empty prompt, 1 = the "
+                                       "embedding as trained. Values other than 1 need the CLIP input."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="The checkpoint's CLIP: checks the embedding fits the model and enables "
+                                      "strength."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="negative")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, embedding, strength=1.0, clip=None):
+        path = folder_paths.get_full_path(files.EMBEDDING_FOLDER, embedding)
+        if path is None:
+            return embedding
+        st = os.stat(path)
+        return f"{path}:{st.st_mtime_ns}:{st.st_size}"
+
+    @classmethod
+    def execute(cls, embedding, strength=1.0, clip=None) -> io.NodeOutput:
+        emb = load_embedding(resolve_embedding(embedding))
+        null, pooled = (None, None)
+        if clip is not None:
+            null, pooled = _null_conditioning(clip)
+            check_compatible(emb.tensor, int(null.shape[-1]), where="connected CLIP")
+        tensor = apply_strength(emb.tensor, null, strength)
+        return io.NodeOutput(pack(tensor, pooled))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class LoadReward(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ReNegLoadReward",
+            display_name="Load ReNeg Reward",
+            category=CATEGORY,
+            description="A differentiable reward model for ReNeg refinement/training (HPSv2.1 by default).",
+            inputs=[
+                io.Combo.Input("reward", options=list(REWARD_NAMES), default="hpsv2.1",
+                               tooltip="'tiny' and 'synthetic' are test rewards with random/known weights."),
+                io.Combo.Input("weights", options=files.reward_weight_choices(_reward_dirs()),
+                               default=files.AUTO_WEIGHTS,
+                               tooltip="A file or model folder from models/reneg_rewards/, or 'auto' (look in "
+                                       "models/reneg_rewards/ by the reward's file name, then the Hugging Face "
+                                       "cache/hub)."),
+                io.String.Input("mix", default="", optional=True,
+                                tooltip="Optional weighted mix instead of one reward, e.g. "
+                                        "'hpsv2.1:1,aesthetic:0.5' (weights found as with 'auto')."),
+            ],
+            outputs=[Reward.Output(display_name="reward")],
+        )
+
+    @classmethod
+    def execute(cls, reward, weights=files.AUTO_WEIGHTS, mix="") -> io.NodeOutput:
+        from .reward_run import build_node_reward
+
+        return io.NodeOutput(build_node_reward(reward, weights, mix, _reward_dirs()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class Refine(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ReNegRefine",
+            display_name="ReNeg Refine (per prompt)",
+            category=CATEGORY,
+            description="Refine the negative embedding for this prompt by gradient ascent on the reward "
+                        "(ReNeg per-prompt refinement). Feed refined_negative to a KSampler's negative.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Vae.Input("vae"),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative", tooltip="Initial negative (e.g. Load ReNeg Embedding)."),
+                Reward.Input("reward"),
+                io.String.Input("prompt_text", multiline=True, default="",
+                                tooltip="The positive prompt's text: the reward scores images against it."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("sampling_steps", default=30, min=1, max=1000,
+                             tooltip="DDIM steps of the generation the reward is computed on."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8),
+                io.Int.Input("max_steps", default=10, min=1, max=1000, tooltip="Gradient steps at most."),
+                io.Int.Input("patience", default=3, min=1, max=1000,
+                             tooltip="Stop after this many steps without a better reward."),
+                io.Float.Input("lr", default=5e-3, min=1e-6, max=1.0, step=1e-4, round=1e-6),
+                io.Latent.Input("latent", optional=True, tooltip="If connected, its size replaces width/height."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="refined_negative"),
+                io.String.Output(display_name="reward_trace"),
+                io.Image.Output(display_name="preview"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, positive, negative, reward, prompt_text, seed, sampling_steps, cfg, width,
+                height, max_steps, patience, lr, latent=None) -> io.NodeOutput:
+        from .refine_run import refine_conditioning
+
+        if latent is not None:
+            samples = latent["samples"]
+            height, width = int(samples.shape[-2]) * 8, int(samples.shape[-1]) * 8
+        result = refine_conditioning(model, vae, positive, negative, reward, prompt=prompt_text, seed=seed,
+                                     num_inference_steps=sampling_steps, guidance_scale=cfg, width=width,
+                                     height=height, max_steps=max_steps, patience=patience, lr=lr)
+        trace = json.dumps({"trace": [round(float(x), 6) for x in result.trace], "best_step": result.best_step,
+                            "start_reward": float(result.start_reward), "best_reward": float(result.best_reward)})
+        return io.NodeOutput(result.conditioning, trace, result.preview, ui=ui.PreviewText(trace))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class TrainGlobal(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ReNegTrainGlobal",
+            display_name="ReNeg Train Global",
+            category=CATEGORY,
+            description="Train one negative embedding for many prompts (ReNeg global training). Saves "
+                        "models/reneg/<save_name>.safetensors (+ .state to resume, a CSV log and a reward curve) "
+                        "every save_every steps, on interrupt and at the end.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                io.Vae.Input("vae"),
+                Reward.Input("reward"),
+                io.String.Input("prompts", multiline=True, default="",
+                                tooltip="One training prompt per line (used when prompts_file is empty)."),
+                io.String.Input("prompts_file", default="",
+                                tooltip="Optional prompt file/folder (.txt/.jsonl/.json/.csv/.tsv); relative "
+                                        "paths are looked up in ComfyUI's input folder."),
+                io.Int.Input("steps", default=1000, min=1, max=1_000_000),
+                io.Int.Input("batch_size", default=8, min=1, max=4096),
+                io.Int.Input("micro_batch", default=1, min=1, max=4096,
+                             tooltip="Samples per forward/backward (memory); does not change the result."),
+                io.Float.Input("lr", default=5e-3, min=1e-6, max=1.0, step=1e-4, round=1e-6),
+                io.String.Input("save_name", default="reneg_negative"),
+                io.Boolean.Input("resume", default=True,
+                                 tooltip="Continue from save_name's .state if it exists (same settings/prompts)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF),
+                io.Int.Input("sampling_steps", default=30, min=1, max=1000),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8),
+                io.Int.Input("save_every", default=100, min=0, max=1_000_000, tooltip="0: only at the end."),
+                io.Int.Input("preview_every", default=50, min=0, max=1_000_000,
+                             tooltip="Render a preview every N steps (costs one full generation; 0: never)."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="negative"),
+                io.Image.Output(display_name="reward_curve"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, reward, prompts, prompts_file, steps, batch_size, micro_batch, lr,
+                save_name, resume, seed, sampling_steps, cfg, width, height, save_every,
+                preview_every) -> io.NodeOutput:
+        from .train_run import reward_curve_image, train_embedding
+
+        prompt_list = _training_prompts(prompts, prompts_file)
+        out = Path(_embedding_dirs()[0]) / files.with_suffix(files.check_relative_name(save_name, "save name"))
+        config = TrainConfig(steps=steps, batch_size=batch_size, micro_batch=min(micro_batch, batch_size), lr=lr,
+                             num_inference_steps=sampling_steps, guidance_scale=cfg, height=height, width=width,
+                             seed=seed, save_every=save_every, preview_every=preview_every)
+        result = train_embedding(model, clip, vae, reward, prompt_list, out, config, resume=resume)
+        return io.NodeOutput(pack(result.negative), reward_curve_image(out),
+                             ui=ui.PreviewText(f"saved {out} after {result.step}/{result.total_steps} steps"))
+
+
+def _training_prompts(prompts: str, prompts_file: str) -> list[str]:
+    if prompts_file.strip():
+        from ..core.prompts import load_prompts
+
+        path = Path(prompts_file.strip()).expanduser()
+        if not path.is_absolute():
+            path = Path(folder_paths.get_input_directory()) / path
+        return load_prompts(path)
+    lines = [line.strip() for line in prompts.splitlines() if line.strip()]
+    if not lines:
+        raise RenegError("No training prompts: write one prompt per line, or give a prompts_file.")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class SaveEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ReNegSaveEmbedding",
+            display_name="Save ReNeg Embedding",
+            category=CATEGORY,
+            description="Save a negative CONDITIONING as a ReNeg .safetensors (with metadata) in models/reneg/.",
+            inputs=[
+                io.Conditioning.Input("conditioning"),
+                io.String.Input("filename_prefix", default="negative",
+                                tooltip="File name start; saved as models/reneg/<prefix>_00001.safetensors."),
+                io.String.Input("note", default="", optional=True, tooltip="Stored in the file's metadata."),
+            ],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, conditioning, filename_prefix, note="") -> io.NodeOutput:
+        tensor = single_tensor(conditioning, "Save ReNeg Embedding")
+        path = files.next_free_path(_embedding_dirs()[0], filename_prefix)
+        save_embedding(path, tensor, created_by="reneg-comfyui", note=note)
+        log.info("ReNeg: saved %s", path)
+        return io.NodeOutput(ui=ui.PreviewText(str(path)))
+
+
+NODES: list[type[io.ComfyNode]] = [LoadEmbedding, LoadReward, Refine, TrainGlobal, SaveEmbedding]
+
+
+class RenegExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> RenegExtension:
+    return RenegExtension()
+
+
+__all__ = ["comfy_entrypoint", "NODES"]

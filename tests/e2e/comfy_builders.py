@@ -1,0 +1,242 @@
+"""Test helpers that need ComfyUI importable (run them with ComfyUI's Python and ``COMFYUI_PATH`` set).
+
+* :func:`build_sd15_checkpoint` writes a random-weight checkpoint that ComfyUI's ``CheckpointLoaderSimple``
+  detects as SD1.5 (UNet with SD1.5's detection keys: 320 channels, 768-wide cross-attention, one level; the
+  SD VAE and the CLIP ViT-L/14 text encoder at full size because ComfyUI builds those from fixed configs).
+* :func:`comfy_model_from_diffusers` / :func:`comfy_vae_from_diffusers` put the weights of a diffusers UNet / VAE
+  (e.g. the CLI's ``tiny`` model) into ComfyUI's own ``UNetModel`` / ``AutoencoderKL`` classes, bypassing
+  checkpoint-type detection (which only knows full-size configs).
+
+Command line (used by the tests as a subprocess so pytest never imports ``comfy``)::
+
+    python comfy_builders.py checkpoint OUT.safetensors
+    python comfy_builders.py refine-equivalence OUT_DIR [--model tiny]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def comfy_on_path() -> Path:
+    """Put ``$COMFYUI_PATH`` on ``sys.path`` (ComfyUI's modules are top-level: ``comfy``, ``folder_paths``)."""
+    root = os.environ.get("COMFYUI_PATH")
+    if not root or not (Path(root) / "comfy").is_dir():
+        raise SystemExit("Set COMFYUI_PATH to a ComfyUI checkout (folder containing comfy/ and main.py).")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.cli_args  # defaults (no argv parsing) unless ComfyUI's main.py already parsed them
+
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True  # what `main.py --cpu` sets; must precede comfy.model_management
+    return Path(root)
+
+
+def load_pack(name: str = "reneg"):
+    """Import the repository root as a package the way ComfyUI imports a custom-node folder."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(REPO_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- diffusers -> ComfyUI ------------------------------------------------------------------------------------
+def unet_config_from_diffusers(config) -> dict:
+    """ComfyUI ``unet_config`` for a diffusers SD-style ``UNet2DConditionModel`` config."""
+    levels = len(config.block_out_channels)
+    base = config.block_out_channels[0]
+    per = config.layers_per_block
+    attn_down = [1 if t.startswith("CrossAttn") else 0 for t in config.down_block_types]
+    attn_up = [1 if t.startswith("CrossAttn") else 0 for t in config.up_block_types]
+    heads = config.attention_head_dim
+    return {
+        "use_checkpoint": False, "image_size": 32, "out_channels": config.out_channels,
+        "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None, "dtype": torch.float32,
+        "in_channels": config.in_channels, "model_channels": base, "num_res_blocks": [per] * levels,
+        "transformer_depth": [d for d in attn_down for _ in range(per)],
+        "channel_mult": [c // base for c in config.block_out_channels], "transformer_depth_middle": 1,
+        "use_linear_in_transformer": bool(config.use_linear_projection), "context_dim": config.cross_attention_dim,
+        "num_heads": heads if isinstance(heads, int) else heads[0], "num_head_channels": -1,
+        # output blocks are listed from the highest resolution level down (ComfyUI pops from the end)
+        "transformer_depth_output": [d for d in reversed(attn_up) for _ in range(per + 1)],
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+
+
+def diffusers_unet_to_ldm(state_dict: dict, unet_config: dict) -> dict:
+    """Rename a diffusers UNet state dict to ComfyUI/ldm keys with ComfyUI's own map (every key must map)."""
+    import comfy.utils
+
+    mapping = comfy.utils.unet_to_diffusers(unet_config)  # also lists optional keys (shortcuts, samplers)
+    leftover = set(state_dict) - set(mapping)
+    if leftover:
+        raise ValueError(f"UNet keys ComfyUI's map does not know: {sorted(leftover)[:5]}")
+    return {mapping[k]: v for k, v in state_dict.items()}
+
+
+def comfy_model_from_diffusers(unet, prediction_type: str = "epsilon"):
+    """A ComfyUI ``ModelPatcher`` (SD1.x/SD2.x ``BaseModel``) holding a diffusers UNet's exact weights."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = unet_config_from_diffusers(unet.config)
+    family = comfy.supported_models.SD15 if cfg["context_dim"] == 768 else comfy.supported_models.SD20
+    model_config = family(cfg)
+    model_config.unet_config.update(num_heads=cfg["num_heads"], num_head_channels=-1)  # SD20 defaults to 64/head
+    model_config.set_inference_dtype(torch.float32, None)
+    model_type = (comfy.model_base.ModelType.V_PREDICTION if prediction_type == "v_prediction"
+                  else comfy.model_base.ModelType.EPS)
+    base = comfy.model_base.BaseModel(model_config, model_type=model_type, device="cpu")
+    sd = diffusers_unet_to_ldm({k: v.detach().clone() for k, v in unet.state_dict().items()}, cfg)
+    missing, unexpected = base.diffusion_model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"UNet load mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+@contextlib.contextmanager
+def _group_norm_groups(groups: int):
+    """ComfyUI's VAE hard-codes GroupNorm(32); build a VAE whose diffusers twin uses ``groups`` instead.
+
+    Only the group count of the norms created inside the block changes; their forward is ComfyUI's own.
+    """
+    import comfy.ldm.modules.diffusionmodules.model as vae_modules
+
+    ops = vae_modules.ops
+    original = ops.GroupNorm
+
+    class GroupNormWithGroups(original):
+        def __init__(self, num_groups, num_channels, *args, **kwargs):
+            super().__init__(groups, num_channels, *args, **kwargs)
+
+    ops.GroupNorm = GroupNormWithGroups
+    try:
+        yield
+    finally:
+        ops.GroupNorm = original
+
+
+def comfy_vae_from_diffusers(vae):
+    """A ComfyUI ``VAE`` (``AutoencoderKL`` of ``comfy.ldm``) holding a diffusers ``AutoencoderKL``'s weights."""
+    import comfy.sd
+
+    c = vae.config
+    base = c.block_out_channels[0]
+    ddconfig = {"double_z": True, "z_channels": c.latent_channels, "resolution": c.sample_size,
+                "in_channels": c.in_channels, "out_ch": c.out_channels, "ch": base,
+                "ch_mult": [b // base for b in c.block_out_channels], "num_res_blocks": c.layers_per_block,
+                "attn_resolutions": [], "dropout": 0.0}
+    sd = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    with _group_norm_groups(c.norm_num_groups):
+        out = comfy.sd.VAE(sd=sd, config={"params": {"ddconfig": ddconfig, "embed_dim": c.latent_channels}},
+                           dtype=torch.float32)
+    return out
+
+
+# --- the e2e checkpoint --------------------------------------------------------------------------------------
+def build_sd15_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Random SD1.5-architecture checkpoint (fp16, ~470 MB) that ComfyUI detects as SD15."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    import comfy.diffusers_convert
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(320,),
+        down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+        cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        hidden_act="quick_gelu", projection_dim=768))
+    sd = {}
+    for k, v in diffusers_unet_to_ldm(unet.state_dict(), unet_config_from_diffusers(unet.config)).items():
+        sd[f"model.diffusion_model.{k}"] = v
+    for k, v in comfy.diffusers_convert.convert_vae_state_dict(vae.state_dict()).items():
+        sd[f"first_stage_model.{k}"] = v
+    for k, v in clip.state_dict().items():
+        sd[f"cond_stage_model.transformer.{k}"] = v
+    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    save_file(sd, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+# --- refine equivalence --------------------------------------------------------------------------------------
+def refine_equivalence(out_dir: str | os.PathLike, model: str = "tiny", **kw) -> dict:
+    """Run the ReNeg Refine node's code on ComfyUI copies of the CLI's tiny model; write inputs and result.
+
+    The test compares the result with ``core.refine`` on the diffusers tiny backend for the same inputs.
+    """
+    from safetensors.torch import save_file
+
+    comfy_on_path()
+    pack = load_pack()
+    from reneg.core.tiny_models import load_tiny_backend
+    from reneg.comfy_nodes import refine_run
+
+    diffusers_backend = load_tiny_backend(model, fresh=True)
+    comfy_model = comfy_model_from_diffusers(diffusers_backend.unet, diffusers_backend.prediction_type)
+    comfy_vae = comfy_vae_from_diffusers(diffusers_backend.vae)
+    prompt = kw.pop("prompt")
+    with torch.inference_mode():  # what ComfyUI's executor wraps every node in
+        cond = diffusers_backend.encode_prompts([prompt])
+        init = diffusers_backend.encode_prompts([""])
+        positive = [[cond.clone(), {"pooled_output": None}]]
+        negative = [[init.clone(), {"pooled_output": None}]]
+        from reneg.core.rewards import build_reward
+
+        reward = build_reward("tiny")
+        result = refine_run.refine_conditioning(comfy_model, comfy_vae, positive, negative, reward,
+                                                prompt=prompt, **kw)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode(False):
+        save_file({"best": result.best.detach().clone().contiguous(), "cond": cond.clone(), "init": init.clone()},
+                  str(out / "comfy_refine.safetensors"))
+    summary = {"trace": [float(x) for x in result.trace], "best_step": int(result.best_step),
+               "pack": pack.__name__}
+    (out / "comfy_refine.json").write_text(json.dumps(summary))
+    return summary
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("checkpoint")
+    c.add_argument("out")
+    r = sub.add_parser("refine-equivalence")
+    r.add_argument("out_dir")
+    r.add_argument("--json", required=True, help="refine keyword arguments as JSON")
+    args = p.parse_args(argv)
+    comfy_on_path()
+    if args.cmd == "checkpoint":
+        print(build_sd15_checkpoint(args.out))
+    else:
+        print(json.dumps(refine_equivalence(args.out_dir, **json.loads(args.json))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""ComfyUI pack logic that needs no ComfyUI: conditioning packing, strength, file lists/names, progress/interrupt,
+and the package root staying ComfyUI-free outside ComfyUI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reneg.comfy_nodes import conditioning as cond
+from reneg.comfy_nodes import files
+from reneg.comfy_nodes.progress import Reporter, bchw_to_comfy_image, tensor_to_pil
+from reneg.core.errors import RenegError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- conditioning -------------------------------------------------------------------------------------------
+def test_pack_is_comfy_conditioning_and_round_trips_bit_exact():
+    t = torch.randn(1, 77, 768)
+    c = cond.pack(t)
+    assert isinstance(c, list) and len(c) == 1 and isinstance(c[0][1], dict)
+    assert torch.equal(c[0][0], t)
+    assert c[0][1]["pooled_output"].shape == (1, 768)
+    back = cond.single_tensor(c, "x")
+    assert torch.equal(back, t) and back.data_ptr() != t.data_ptr()
+
+
+def test_pack_keeps_given_pooled_and_rejects_2d():
+    pooled = torch.randn(1, 768)
+    assert torch.equal(cond.pack(torch.zeros(1, 77, 768), pooled)[0][1]["pooled_output"], pooled)
+    with pytest.raises(RenegError, match="batch, tokens, dim"):
+        cond.pack(torch.zeros(77, 768))
+
+
+def test_single_tensor_gives_autograd_capable_clone_of_inference_tensor():
+    with torch.inference_mode():
+        c = [[torch.randn(1, 77, 768), {}]]
+    t = cond.single_tensor(c, "negative")
+    assert not t.is_inference()
+    t.requires_grad_(True)
+    (t * 2).sum().backward()
+    assert torch.equal(t.grad, torch.full_like(t, 2.0))
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ([], "expected a CONDITIONING"),
+    ("text", "expected a CONDITIONING"),
+    ([[torch.zeros(1, 77, 768), {}], [torch.zeros(1, 77, 768), {}]], "2 conditioning entries"),
+    ([[torch.zeros(2, 77, 768), {}]], r"\[1, tokens, dim\]"),
+    ([["not a tensor", {}]], "malformed"),
+])
+def test_single_tensor_errors_name_the_problem(bad, msg):
+    with pytest.raises(RenegError, match=msg):
+        cond.single_tensor(bad, "negative")
+
+
+def test_pooled_of():
+    p = torch.randn(1, 768)
+    assert torch.equal(cond.pooled_of([[torch.zeros(1, 77, 768), {"pooled_output": p}]]), p)
+    assert cond.pooled_of([[torch.zeros(1, 77, 768), {}]]) is None
+    assert cond.pooled_of([]) is None
+
+
+def test_strength_lerp_endpoints_and_midpoint():
+    emb, null = torch.randn(1, 77, 768), torch.randn(1, 77, 768)
+    assert cond.apply_strength(emb, None, 1.0) is emb  # bit-exact, no CLIP needed
+    assert torch.equal(cond.apply_strength(emb, null, 0.0), null)
+    torch.testing.assert_close(cond.apply_strength(emb, null, 0.5), (emb + null) / 2)
+    torch.testing.assert_close(cond.apply_strength(emb, null, 2.0), null + 2 * (emb - null))
+
+
+def test_strength_needs_matching_clip():
+    emb = torch.randn(1, 77, 768)
+    with pytest.raises(RenegError, match="connect the CLIP"):
+        cond.apply_strength(emb, None, 0.5)
+    with pytest.raises(RenegError, match="does not belong to this model family"):
+        cond.apply_strength(emb, torch.randn(1, 77, 1024), 0.5)
+
+
+def test_fit_tokens():
+    t = torch.randn(1, 154, 768)
+    assert torch.equal(cond.fit_tokens(t, 77, "p"), t[:, :77])
+    assert cond.fit_tokens(t[:, :77], 77, "p").shape == (1, 77, 768)
+    with pytest.raises(RenegError, match="cannot be matched"):
+        cond.fit_tokens(torch.randn(1, 50, 768), 77, "p")
+
+
+# --- files ----------------------------------------------------------------------------------------------------
+def test_embedding_choices_merge_found_and_released():
+    found = ["mine_00001.safetensors", "sd1.5_reneg_emb.bin", "sub/B.safetensors"]
+    released = ["sd1.5_reneg_emb.bin", "sd2.1_reneg_emb.bin"]
+    assert files.embedding_choices(found, released) == [
+        "mine_00001.safetensors", "sd1.5_reneg_emb.bin", "sd2.1_reneg_emb.bin", "sub/B.safetensors"]
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs/x", "a/../../x", "", "  ", "C:/x", "..\\x"])
+def test_check_relative_name_refuses_escapes(name):
+    with pytest.raises(RenegError, match="Invalid"):
+        files.check_relative_name(name)
+
+
+def test_check_relative_name_normalises():
+    assert files.check_relative_name(" sub\\dir//neg ") == "sub/dir/neg"
+    assert files.with_suffix("neg") == "neg.safetensors"
+    assert files.with_suffix("neg.safetensors") == "neg.safetensors"
+
+
+def test_next_free_path_counts_like_comfyui(tmp_path):
+    assert files.next_free_path(tmp_path, "neg").name == "neg_00001.safetensors"
+    (tmp_path / "neg_00001.safetensors").write_bytes(b"")
+    (tmp_path / "neg_00007.safetensors").write_bytes(b"")
+    (tmp_path / "negative_00009.safetensors").write_bytes(b"")  # other prefix: ignored
+    assert files.next_free_path(tmp_path, "neg").name == "neg_00008.safetensors"
+    sub = files.next_free_path(tmp_path, "runs/a")
+    assert sub == tmp_path / "runs" / "a_00001.safetensors"
+
+
+def test_reward_weight_choices_lists_files_and_model_folders(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "PickScore_v1").mkdir(parents=True)
+    (a / "PickScore_v1" / "config.json").write_text("{}")
+    (a / "PickScore_v1" / "model.safetensors").write_bytes(b"")
+    (a / "HPS_v2.1_compressed.pt").write_bytes(b"")
+    (a / "notes.txt").write_text("x")
+    b.mkdir()
+    (b / "aesthetic.pth").write_bytes(b"")
+    got = files.reward_weight_choices([a, b, tmp_path / "missing"])
+    assert got == ["auto", "aesthetic.pth", "HPS_v2.1_compressed.pt", "PickScore_v1/"]
+    assert files.resolve_in([a, b], "PickScore_v1/") == a / "PickScore_v1"
+    assert files.resolve_in([a, b], "aesthetic.pth") == b / "aesthetic.pth"
+    assert files.resolve_in([a, b], "nope.pt") is None
+
+
+class _FakeFolderPaths:
+    """The two folder_paths functions/attributes register_folders uses, with ComfyUI's semantics."""
+
+    def __init__(self, models_dir):
+        self.models_dir = str(models_dir)
+        self.folder_names_and_paths = {"reneg": (["/extra/from/yaml"], set())}  # extra_model_paths.yaml ran first
+
+    def add_model_folder_path(self, name, path, is_default=False):
+        paths, _ = self.folder_names_and_paths.setdefault(name, ([], set()))
+        if path in paths:
+            return
+        paths.insert(0, path) if is_default else paths.append(path)
+
+
+def test_register_folders_keeps_yaml_paths_and_sets_extensions(tmp_path):
+    fp = _FakeFolderPaths(tmp_path / "models")
+    files.register_folders(fp, tmp_path / "pack" / "embeddings")
+    paths, exts = fp.folder_names_and_paths["reneg"]
+    assert paths == [str(tmp_path / "models" / "reneg"), "/extra/from/yaml", str(tmp_path / "pack" / "embeddings")]
+    assert exts == {".safetensors", ".bin", ".pt", ".pth"}
+    assert fp.folder_names_and_paths["reneg_rewards"][0] == [str(tmp_path / "models" / "reneg_rewards")]
+    assert "embeddings" not in fp.folder_names_and_paths  # never textual-inversion's folder
+
+
+# --- progress / interrupt -------------------------------------------------------------------------------------
+class _Interrupt(Exception):
+    pass
+
+
+class _Host:
+    """A fake ComfyUI: the progress hook raises and clears the flag when interrupted, like main.py's hook."""
+
+    def __init__(self):
+        self.flag = False
+        self.updates = []
+
+    def update(self, value, total, preview):
+        if self.flag:
+            self.flag = False
+            raise _Interrupt()
+        self.updates.append((value, total, preview))
+
+    def raise_interrupt(self):
+        if self.flag:
+            self.flag = False
+            raise _Interrupt()
+
+    def reporter(self, total):
+        return Reporter(total=total, update=self.update, interrupted=lambda: self.flag,
+                        rearm=lambda: setattr(self, "flag", True), raise_interrupt=self.raise_interrupt,
+                        interrupt_type=_Interrupt)
+
+
+def test_reporter_updates_with_preview():
+    host = _Host()
+    r = host.reporter(3)
+    r.step(1)
+    r.step(5, torch.rand(1, 3, 16, 8))
+    assert host.updates[0] == (1, 3, None)
+    value, total, (fmt, img, size) = host.updates[1]
+    assert (value, total, fmt, img.size, size) == (3, 3, "JPEG", (8, 16), 512)
+    assert not r.should_stop()
+    r.raise_if_interrupted()  # no interrupt: no exception
+
+
+def test_interrupt_consumed_by_progress_hook_is_rearmed_then_raised():
+    host = _Host()
+    r = host.reporter(10)
+
+    def racing_update(value, total, preview):
+        host.flag = True  # the user clicks Cancel right now ...
+        host.update(value, total, preview)  # ... and ComfyUI's hook raises and clears the flag
+
+    r.update = racing_update
+    r.step(2)  # must not raise: the engine has to see the interrupt and save first
+    assert host.flag and r.should_stop()
+    with pytest.raises(_Interrupt):
+        r.raise_if_interrupted()
+    assert not host.flag
+
+
+def test_reporter_skips_bar_when_interrupted_so_engine_sees_the_flag():
+    host = _Host()
+    r = host.reporter(4)
+    host.flag = True
+    r.step(1)
+    assert host.flag and host.updates == [] and r.should_stop()
+
+
+def test_image_conversions():
+    x = torch.rand(2, 3, 5, 7)
+    img = bchw_to_comfy_image(x)
+    assert img.shape == (2, 5, 7, 3) and torch.equal(img[1, 2, 3], x[1, :, 2, 3])
+    assert tensor_to_pil(x).size == (7, 5)
+
+
+# --- package root -------------------------------------------------------------------------------------------
+def test_package_import_outside_comfyui_loads_nothing_from_comfy_or_heavy():
+    code = ("import sys, reneg; bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('comfy', 'comfy_api', 'folder_paths', 'torch', 'diffusers', 'transformers')]; "
+            "print(hasattr(reneg, 'comfy_entrypoint'), bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO.parent)
+    assert out.stdout.strip() == "False []"
