@@ -237,6 +237,7 @@ class TrainGlobal(io.ComfyNode):
                 io.Conditioning.Output(display_name="negative"),
                 io.Image.Output(display_name="reward_curve"),
             ],
+            is_output_node=True,  # it writes the embedding: a graph may consist of training alone
         )
 
     @classmethod

@@ -205,9 +205,9 @@ def refine_equivalence(out_dir: str | os.PathLike, model: str = "tiny", **kw) ->
         init = diffusers_backend.encode_prompts([""])
         positive = [[cond.clone(), {"pooled_output": None}]]
         negative = [[init.clone(), {"pooled_output": None}]]
-        from reneg.core.rewards import build_reward
+        from reneg.comfy_nodes.reward_run import build_node_reward
 
-        reward = build_reward("tiny")
+        reward = build_node_reward("tiny", "auto", "", [])  # what the Load ReNeg Reward node returns
         result = refine_run.refine_conditioning(comfy_model, comfy_vae, positive, negative, reward,
                                                 prompt=prompt, **kw)
     out = Path(out_dir)

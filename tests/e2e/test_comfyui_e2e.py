@@ -1,0 +1,248 @@
+"""End-to-end tests against a real ComfyUI (opt-in: set ``COMFYUI_PATH``; see ``comfy_server.py``).
+
+A headless ``main.py --cpu`` server gets this pack, a probe node pack and a random-weight SD1.5-architecture
+checkpoint; graphs go through HTTP ``/prompt`` and results come back from ``/history`` and the files written.
+
+Run: ``COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/python -m pytest tests/e2e/test_comfyui_e2e.py -v``
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import comfy_server as cs
+from reneg.core.embedding_io import load_embedding, save_embedding
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(cs.skip_reason() is not None, reason=str(cs.skip_reason()))]
+
+RELEASED_SD15 = cs.REPO_ROOT.parent / "shared" / "fixtures" / "released" / "sd1.5_reneg_emb.bin"
+PROMPT = "a watercolor painting of a lighthouse at dawn"
+SIZE = 64
+SAMPLING_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import os
+
+    cache = Path(os.environ.get("RENEG_E2E_CACHE") or tmp_path_factory.mktemp("ckpt"))
+    checkpoint = cs.ensure_checkpoint(cache)
+    emb_dir = tmp_path_factory.mktemp("emb")
+    generated = save_embedding(emb_dir / "e2e_random.safetensors", torch.randn(1, 77, 768) * 0.1, note="e2e")
+    embeddings = {"e2e_random.safetensors": generated}
+    if RELEASED_SD15.is_file():
+        embeddings[RELEASED_SD15.name] = RELEASED_SD15
+    srv = cs.ComfyServer(tmp_path_factory.mktemp("comfy_base"), checkpoint, embeddings).start()
+    yield srv
+    srv.stop()
+
+
+# --- graph pieces ---------------------------------------------------------------------------------------------
+def base_graph(tag: str) -> dict:
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": cs.CHECKPOINT_NAME}},
+        "probe": {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": tag}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["ckpt", 1]}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
+    }
+
+
+def sampler(negative: list, prefix: str, seed: int = 1) -> dict:
+    return {
+        "ks": {"class_type": "KSampler", "inputs": {
+            "model": ["probe", 0], "seed": seed, "steps": 3, "cfg": 7.5, "sampler_name": "euler",
+            "scheduler": "normal", "positive": ["pos", 0], "negative": negative, "latent_image": ["latent", 0],
+            "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
+        "save_img": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
+    }
+
+
+def reward_node() -> dict:
+    return {"class_type": "ReNegLoadReward", "inputs": {"reward": "tiny", "weights": "auto", "mix": ""}}
+
+
+def train_node(save_name: str, steps: int, save_every: int = 0, preview_every: int = 0) -> dict:
+    return {"class_type": "ReNegTrainGlobal", "inputs": {
+        "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "reward": ["reward", 0],
+        "prompts": "a cat on a sofa\na red car\n" + PROMPT, "prompts_file": "", "steps": steps, "batch_size": 2,
+        "micro_batch": 1, "lr": 0.05, "save_name": save_name, "resume": False, "seed": 0,
+        "sampling_steps": SAMPLING_STEPS, "cfg": 7.5, "width": SIZE, "height": SIZE, "save_every": save_every,
+        "preview_every": preview_every}}
+
+
+def probe_tensor(server, tag: str) -> tuple[torch.Tensor, dict]:
+    with safe_open(str(server.output_dir / "reneg_probe" / f"{tag}.safetensors"), "pt") as fh:
+        return fh.get_tensor("negative"), fh.metadata()
+
+
+def saved_path(entry: dict, node: str) -> Path:
+    return Path(entry["outputs"][node]["text"][0])
+
+
+# --- tests ------------------------------------------------------------------------------------------------------
+def test_nodes_registered_with_dropdowns(server):
+    info = server.get("/object_info")
+    for node in ("ReNegLoadEmbedding", "ReNegLoadReward", "ReNegRefine", "ReNegTrainGlobal", "ReNegSaveEmbedding"):
+        assert node in info, f"{node} missing from /object_info"
+    options = info["ReNegLoadEmbedding"]["input"]["required"]["embedding"][1]["options"]
+    assert "e2e_random.safetensors" in options and "sd2.1_reneg_emb.bin" in options  # files + registry
+    assert info["ReNegRefine"]["output"] == ["CONDITIONING", "STRING", "IMAGE"]
+
+
+@pytest.mark.parametrize("name", ["e2e_random.safetensors", "sd1.5_reneg_emb.bin"])
+def test_load_to_ksampler_feeds_the_file_bit_for_bit(server, name):
+    if not (server.reneg_dir / name).exists():
+        pytest.skip(f"{name} not available (released embeddings live in ../shared/fixtures/released)")
+    tag = "load_" + name.split(".")[0].replace("-", "_")
+    graph = {**base_graph(tag), **sampler(["neg", 0], tag),
+             "neg": {"class_type": "ReNegLoadEmbedding", "inputs": {"embedding": name, "strength": 1.0}}}
+    server.run(graph)
+    got, meta = probe_tensor(server, tag)
+    expected = load_embedding(server.reneg_dir / name).tensor
+    assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert meta["all_identical"] == "True" and int(meta["calls"]) >= 3
+
+
+def test_mismatched_embedding_is_a_clear_node_error(server):
+    save_embedding(server.reneg_dir / "e2e_sd2_width.safetensors", torch.zeros(1, 77, 1024))
+    graph = {**base_graph("mismatch"), **sampler(["neg", 0], "mismatch"),
+             "neg": {"class_type": "ReNegLoadEmbedding",
+                     "inputs": {"embedding": "e2e_sd2_width.safetensors", "strength": 1.0, "clip": ["ckpt", 1]}}}
+    entry = server.wait(server.queue(graph))
+    assert entry["status"]["status_str"] == "error"
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["node_type"] == "ReNegLoadEmbedding"
+    assert "1024-wide" in errors[0]["exception_message"] and "768-wide" in errors[0]["exception_message"]
+
+
+def test_refine_to_ksampler(server):
+    tag = "refine"
+    graph = {**base_graph(tag), **sampler(["refine", 0], tag),
+             "neg": {"class_type": "ReNegLoadEmbedding", "inputs": {"embedding": "e2e_random.safetensors",
+                                                                    "strength": 1.0}},
+             "reward": reward_node(),
+             "refine": {"class_type": "ReNegRefine", "inputs": {
+                 "model": ["ckpt", 0], "vae": ["ckpt", 2], "positive": ["pos", 0], "negative": ["neg", 0],
+                 "reward": ["reward", 0], "prompt_text": PROMPT, "seed": 5, "sampling_steps": SAMPLING_STEPS,
+                 "cfg": 7.5, "width": SIZE, "height": SIZE, "max_steps": 3, "patience": 3, "lr": 0.05}},
+             "save_neg": {"class_type": "ReNegSaveEmbedding",
+                          "inputs": {"conditioning": ["refine", 0], "filename_prefix": "e2e_refined"}},
+             "preview": {"class_type": "PreviewImage", "inputs": {"images": ["refine", 2]}}}
+    entry = server.run(graph)
+    report = json.loads(entry["outputs"]["refine"]["text"][0])
+    trace = report["trace"]
+    assert len(trace) >= 2 and all(math.isfinite(x) for x in trace)
+    running_best = [max(trace[: i + 1]) for i in range(len(trace))]
+    assert running_best == sorted(running_best)  # the best value never decreases
+    assert report["best_reward"] == pytest.approx(max(trace), abs=1e-6) and report["best_reward"] >= trace[0]
+    assert trace[report["best_step"]] == pytest.approx(report["best_reward"], abs=1e-6)
+    refined = load_embedding(saved_path(entry, "save_neg")).tensor
+    got, _ = probe_tensor(server, tag)
+    assert torch.equal(got, refined)  # the KSampler got exactly the refined negative
+    start = load_embedding(server.reneg_dir / "e2e_random.safetensors").tensor
+    assert (report["best_step"] == 0) == torch.equal(refined, start)
+    assert entry["outputs"]["preview"]["images"], "preview image missing"
+
+
+def test_train_three_steps_save_then_load(server):
+    train_graph = {"ckpt": base_graph("x")["ckpt"], "reward": reward_node(),
+                   "train": train_node("e2e_train", steps=3, preview_every=2),
+                   "save_neg": {"class_type": "ReNegSaveEmbedding",
+                                "inputs": {"conditioning": ["train", 0], "filename_prefix": "e2e_trained"}},
+                   "curve": {"class_type": "PreviewImage", "inputs": {"images": ["train", 1]}}}
+    entry = server.run(train_graph)
+    trained_file = server.reneg_dir / "e2e_train.safetensors"
+    trained = load_embedding(trained_file)
+    assert trained.metadata["status"] == "complete" and trained.metadata["steps"] == "3"
+    assert (server.reneg_dir / "e2e_train.safetensors.state").is_file()
+    assert (server.reneg_dir / "e2e_train.rewards.png").is_file()
+    assert torch.equal(load_embedding(saved_path(entry, "save_neg")).tensor, trained.tensor)
+    assert entry["outputs"]["curve"]["images"], "reward curve image missing"
+
+    tag = "load_trained"
+    graph = {**base_graph(tag), **sampler(["neg", 0], tag),
+             "neg": {"class_type": "ReNegLoadEmbedding", "inputs": {"embedding": "e2e_train.safetensors",
+                                                                    "strength": 1.0}}}
+    server.run(graph)
+    got, _ = probe_tensor(server, tag)
+    assert torch.equal(got, trained.tensor)
+
+
+def test_interrupt_mid_train_leaves_valid_partial_file(server):
+    out = server.reneg_dir / "e2e_interrupt.safetensors"
+    graph = {"ckpt": base_graph("x")["ckpt"], "reward": reward_node(),
+             "train": train_node("e2e_interrupt", steps=500, save_every=1)}
+    prompt_id = server.queue(graph)
+    state = out.with_name(out.name + ".state")
+    deadline = time.monotonic() + 600
+    while not state.exists():  # the first step's checkpoint: training is under way
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    server.interrupt()
+    entry = server.wait(prompt_id)
+    kinds = cs.message_types(entry)
+    assert "execution_interrupted" in kinds and "execution_error" not in kinds, kinds
+    assert entry["status"]["status_str"] == "error"  # ComfyUI's history marks interrupted prompts this way
+    partial = load_embedding(out)
+    assert partial.metadata["status"] == "partial"
+    assert 1 <= int(partial.metadata["steps"]) < 500
+    assert partial.tensor.shape == (1, 77, 768) and torch.isfinite(partial.tensor).all()
+
+
+def test_refine_in_comfyui_equals_cli_engine_on_the_same_tiny_model(tmp_path):
+    """ComfyUI's own UNetModel/AutoencoderKL classes holding the CLI ``tiny`` model's weights, refined through
+    the node's code path, vs ``core.refine`` on the diffusers tiny backend — the engine the CLI runs."""
+    from reneg.core.refine import refine_negative
+    from reneg.core.rewards import build_reward
+    from reneg.core.tiny_models import load_tiny_backend
+
+    kw = dict(seed=3, num_inference_steps=6, guidance_scale=7.5, width=64, height=64, max_steps=4, patience=3,
+              lr=0.05)
+    summary = json.loads(cs.run_helper("refine-equivalence", str(tmp_path), "--json",
+                                       json.dumps({**kw, "prompt": PROMPT})))
+    with safe_open(str(tmp_path / "comfy_refine.safetensors"), "pt") as fh:
+        comfy_best, cond, init = fh.get_tensor("best"), fh.get_tensor("cond"), fh.get_tensor("init")
+    backend = load_tiny_backend("tiny")
+    assert torch.equal(cond, backend.encode_prompts([PROMPT])) and torch.equal(init, backend.encode_prompts([""]))
+    cli = refine_negative(backend, build_reward("tiny"), PROMPT, init, **kw)
+    assert summary["best_step"] == cli.best_step
+    torch.testing.assert_close(torch.tensor(summary["trace"]), torch.tensor(cli.trace), rtol=1e-5, atol=1e-5)
+    moved = (cli.best - init).norm()
+    assert moved > 0.1  # the refinement did move the embedding
+    assert (comfy_best - cli.best).norm() / moved < 1e-2
+
+
+EXAMPLES = sorted((cs.REPO_ROOT / "example_workflows").glob("*.json"))
+#: Shrink the example graphs to the test model and CPU sizes (by input name; only widget values are replaced).
+EXAMPLE_OVERRIDES = {"ckpt_name": cs.CHECKPOINT_NAME, "width": SIZE, "height": SIZE, "steps": 2,
+                     "sampling_steps": SAMPLING_STEPS, "max_steps": 2, "batch_size": 1, "save_every": 0,
+                     "preview_every": 1, "resume": False}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_workflow_runs(server, path):
+    from workflow_tools import check_structure, to_api
+
+    workflow = json.loads(path.read_text())
+    check_structure(workflow)
+    prompt = to_api(workflow, server.get("/object_info"))
+    for node in prompt.values():
+        inputs = node["inputs"]
+        for key, value in EXAMPLE_OVERRIDES.items():
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = value
+        if node["class_type"] == "ReNegLoadReward":
+            inputs["reward"] = "tiny"
+        if node["class_type"] == "ReNegLoadEmbedding" and not (server.reneg_dir / inputs["embedding"]).exists():
+            inputs["embedding"] = "e2e_random.safetensors"  # offline: no released file to download
+        if node["class_type"] == "ReNegTrainGlobal":
+            inputs["save_name"] = f"e2e_example_{path.stem}"
+    entry = server.run(prompt)
+    assert entry["outputs"], f"{path.name} produced no outputs"
