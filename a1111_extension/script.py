@@ -139,8 +139,7 @@ class RenegScript(scripts.Script):
             return
         finally:
             runtime.release_reward()
-        plan.negative = library.stack_rows(rows)
-        plan._cache.clear()
+        plan.set_negative(library.stack_rows(rows))
         if results:
             p.extra_generation_params[KEY_REFINED] = summarize_refinement(results)
 
@@ -148,11 +147,8 @@ class RenegScript(scripts.Script):
     def _refine(p, backend, reward, prompt, seed, base, a: ScriptArgs, lr: float):
         from ..core.refine import refine_negative
 
-        steps_done = []
-
-        def progress(*info, **kw):
-            steps_done.append(1)
-            runtime.set_textinfo(f"ReNeg: refining for '{prompt[:40]}' — step {len(steps_done)}/{a.refine_steps}")
+        def progress(step, total, score, _preview=None):
+            runtime.set_textinfo(f"ReNeg: refining for '{prompt[:40]}' — step {step}/{total}, reward {score:.4f}")
 
         runtime.set_textinfo(f"ReNeg: refining for '{prompt[:40]}'")
         with runtime.grad_enabled(), runtime.maybe_checkpointing(backend):
@@ -161,7 +157,7 @@ class RenegScript(scripts.Script):
                                      num_inference_steps=int(p.steps), guidance_scale=float(p.cfg_scale),
                                      height=int(p.height), width=int(p.width), callback=progress,
                                      should_stop=runtime.interrupted)
-        if runtime.interrupted():
+        if result.stopped:
             return None
         print(f"ReNeg: refined '{prompt[:60]}': reward {float(result.start_reward):.4f} -> "
               f"{float(result.best_reward):.4f} (best step {result.best_step})", flush=True)

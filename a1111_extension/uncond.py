@@ -54,6 +54,11 @@ class UncondPlan:
     applied: int = 0
     _cache: dict = field(default_factory=dict, repr=False)
 
+    def set_negative(self, negative: torch.Tensor) -> None:
+        """Swap the negative (e.g. per-prompt refined rows for the next batch); drops converted copies."""
+        self.negative = negative
+        self._cache.clear()
+
     def negative_for(self, rows: int, device: torch.device, dtype: torch.dtype) -> Optional[torch.Tensor]:
         """The negative as ``[rows, T, D]`` on ``device``/``dtype`` (cached), or None if it cannot broadcast."""
         n = self.negative.shape[0]

@@ -1,0 +1,232 @@
+"""Opt-in end-to-end test against a real AUTOMATIC1111 webui (v1.10.x), API only, on CPU.
+
+Run with ``A1111_PATH=/path/to/stable-diffusion-webui`` (a checkout with ``repositories/`` cloned:
+stable-diffusion-stability-ai, generative-models, k-diffusion, BLIP, stable-diffusion-webui-assets) and
+``A1111_PYTHON=/path/to/python`` (an environment with the webui's requirements and this pack's; default: the
+current interpreter). Nothing is downloaded: the test writes a tiny random SD1.x checkpoint with its ``.yaml``
+(its text encoder and the real CLIP tokenizer files live in a local folder the yaml names), a ``--data-dir`` with
+``models/ReNeg/`` and ``extensions/reneg`` -> this repository, and starts
+``launch.py --nowebui --api --use-cpu all --no-half --skip-prepare-environment --skip-install``.
+
+Checks: the script is registered; the embedding replaces the uncond at every step of every pass (first pass,
+hires fix, img2img, batch 2, k-diffusion and DDIM samplers) so the negative prompt no longer matters; other
+generations are untouched; the webui's DDIM image equals the core engine's CFG-DDIM on the same checkpoint;
+infotext and png-info round-trip; a wrong-family embedding is a no-op; per-prompt refinement runs and improves.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+A1111_PATH = os.environ.get("A1111_PATH")
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not A1111_PATH, reason="set A1111_PATH to a stable-diffusion-webui v1.10 checkout")]
+
+REPO = Path(__file__).resolve().parents[2]
+EMB = "e2e-sd1-neg"
+EMB_WRONG = "e2e-sd2-neg"
+PROMPT = "a photo of a cat"
+BASE = dict(prompt=PROMPT, negative_prompt="blurry", steps=5, cfg_scale=5, width=64, height=64, seed=123,
+            sampler_name="DDIM", batch_size=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Webui:
+    def __init__(self, url: str):
+        self.url = url
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, payload: dict):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=900) as r:
+            return json.loads(r.read())
+
+    def txt2img(self, reneg_args=None, **kw):
+        payload = {**BASE, **kw}
+        if reneg_args is not None:
+            payload["alwayson_scripts"] = {"reneg": {"args": reneg_args}}
+        path = "/sdapi/v1/img2img" if "init_images" in kw else "/sdapi/v1/txt2img"
+        out = self.post(path, payload)
+        return [_image(b) for b in out["images"]], json.loads(out["info"])["infotexts"][0], out["images"]
+
+
+def _image(b64: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")).astype(int)
+
+
+def _maxdiff(a, b) -> int:
+    return max(int(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from reneg.a1111_extension.tiny_checkpoint import write_checkpoint
+    from reneg.core.embedding_io import save_embedding
+
+    webui = Path(A1111_PATH)
+    if not (webui / "launch.py").is_file() or not (webui / "repositories" / "stable-diffusion-stability-ai").is_dir():
+        pytest.skip(f"{webui} is not a webui checkout with repositories/ cloned")
+    data = tmp_path_factory.mktemp("a1111-data")
+    ckpt = write_checkpoint(data / "models" / "Stable-diffusion", "reneg-tiny", "tiny",
+                            text_encoder_dir=data / "tiny-text-encoder")
+    g = torch.Generator().manual_seed(7)
+    save_embedding(data / "models" / "ReNeg" / f"{EMB}.safetensors", torch.randn(1, 77, 768, generator=g) * 0.5)
+    save_embedding(data / "models" / "ReNeg" / f"{EMB_WRONG}.safetensors", torch.randn(1, 77, 1024, generator=g))
+    (data / "extensions").mkdir()
+    (data / "extensions" / "reneg").symlink_to(REPO, target_is_directory=True)
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(data / "hf-home")}
+    log = open(data / "webui.log", "w")
+    proc = subprocess.Popen(
+        [os.environ.get("A1111_PYTHON", sys.executable), "launch.py", "--data-dir", str(data), "--ckpt", str(ckpt),
+         "--nowebui", "--api", "--port", str(port), "--server-name", "127.0.0.1", "--use-cpu", "all", "--no-half",
+         "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-install", "--skip-version-check",
+         "--do-not-download-clip"], cwd=webui, env=env, stdout=log, stderr=subprocess.STDOUT)
+    ui = Webui(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.time() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"webui exited ({proc.returncode}); log:\n{(data / 'webui.log').read_text()[-4000:]}")
+            try:
+                ui.get("/sdapi/v1/scripts")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.time() > deadline:
+                    pytest.fail("webui did not start within 300 s; log:\n" + (data / "webui.log").read_text()[-4000:])
+                time.sleep(2)
+        yield ui, data, ckpt
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_script_is_registered_with_documented_args(setup):
+    ui, _, _ = setup
+    scripts = ui.get("/sdapi/v1/scripts")
+    assert "reneg" in scripts["txt2img"] and "reneg" in scripts["img2img"]
+    info = next(s for s in ui.get("/sdapi/v1/script-info") if s["name"] == "reneg" and not s["is_img2img"])
+    assert info["is_alwayson"]
+    assert [a["label"] for a in info["args"]] == ["ReNeg", "Negative embedding", "Strength", "Refine for this prompt",
+                                                  "Max refine steps", "Patience", "Reward"]
+    assert EMB in info["args"][1]["choices"]
+
+
+def test_embedding_replaces_uncond_and_leaves_other_generations_alone(setup):
+    ui, _, _ = setup
+    before, _, _ = ui.txt2img()
+    with_neg, info, _ = ui.txt2img([True, EMB])
+    other_negative, _, _ = ui.txt2img([True, EMB], negative_prompt="lowres, bad hands, watermark")
+    after, info_after, _ = ui.txt2img()
+    assert f"ReNeg: {EMB}" in info and "ReNeg hash: " in info
+    assert _maxdiff(with_neg, other_negative) == 0  # the negative prompt is fully replaced
+    assert _maxdiff(with_neg, before) > 0
+    assert _maxdiff(before, after) == 0 and "ReNeg" not in info_after  # no leak into later generations
+
+
+def test_webui_ddim_equals_core_engine(setup):
+    """The webui's DDIM image with the embedding == the core's CFG-DDIM with that negative (same checkpoint)."""
+    from safetensors.torch import load_file
+
+    from reneg.a1111_extension.model_adapter import LdmBackend
+    from reneg.a1111_extension.tiny_checkpoint import build_ldm
+    from reneg.core.ddim import initial_latents, sample
+    from reneg.core.embedding_io import load_embedding
+
+    ui, data, ckpt = setup
+    images, _, _ = ui.txt2img([True, EMB])
+    model = build_ldm("tiny", data / "tiny-text-encoder")
+    model.load_state_dict(load_file(str(ckpt)), strict=True)
+    backend = LdmBackend(model)
+    cond = backend.encode_prompts([PROMPT])
+    negative = load_embedding(data / "models" / "ReNeg" / f"{EMB}.safetensors").tensor
+    latents = initial_latents(backend, 1, 64, 64, BASE["seed"])
+    # the webui's DDIM visits timesteps[steps-1..1] and returns x at t=1: the core's first steps-1 steps
+    x = sample(backend, cond, negative, latents, BASE["steps"], BASE["cfg_scale"], stop_index=BASE["steps"] - 1)
+    ours = (backend.decode(x)[0].permute(1, 2, 0).numpy() * 255.0).astype(np.uint8).astype(int)
+    assert int(np.abs(ours - images[0]).max()) <= 1
+
+
+@pytest.mark.parametrize("case", ["batch2-euler-a", "hires-fix", "img2img", "long-prompt"])
+def test_every_pass_and_sampler_is_replaced(setup, case):
+    from PIL import Image
+
+    ui, _, _ = setup
+    kw: dict = {}
+    if case == "batch2-euler-a":
+        kw = dict(sampler_name="Euler a", batch_size=2)
+    elif case == "hires-fix":
+        kw = dict(enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, hr_second_pass_steps=3)
+    elif case == "img2img":
+        buf = io.BytesIO()
+        Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8)).save(buf, format="PNG")
+        kw = dict(init_images=[base64.b64encode(buf.getvalue()).decode()], denoising_strength=0.7)
+    elif case == "long-prompt":
+        kw = dict(prompt=", ".join(["a very detailed photo of a small cat"] * 12))  # > 75 tokens: 2 chunks
+    a, _, _ = ui.txt2img([True, EMB], **kw)
+    b, _, _ = ui.txt2img([True, EMB], negative_prompt=", ".join(["ugly"] * 90), **kw)  # even a 2-chunk negative
+    plain, _, _ = ui.txt2img(None, **kw)
+    assert len(a) == (2 if case == "batch2-euler-a" else 1)
+    assert _maxdiff(a, b) == 0
+    assert _maxdiff(a, plain) > 0
+
+
+def test_strength_infotext_and_png_info_roundtrip(setup):
+    from reneg.a1111_extension.script_logic import ScriptArgs, args_from_infotext
+
+    ui, _, _ = setup
+    half, info, raw = ui.txt2img([True, EMB, 0.5])
+    full, _, _ = ui.txt2img([True, EMB])
+    plain, _, _ = ui.txt2img()
+    assert _maxdiff(half, full) > 0 and _maxdiff(half, plain) > 0
+    assert "ReNeg strength: 0.5" in info
+    params = ui.post("/sdapi/v1/png-info", {"image": "data:image/png;base64," + raw[0]})["parameters"]
+    assert args_from_infotext(params) == ScriptArgs(enabled=True, embedding=EMB, strength=0.5)
+
+
+def test_wrong_family_embedding_is_a_noop(setup):
+    ui, _, _ = setup
+    plain, _, _ = ui.txt2img()
+    wrong, info, _ = ui.txt2img([True, EMB_WRONG])
+    assert _maxdiff(plain, wrong) == 0
+    assert f"ReNeg: {EMB_WRONG}" not in info
+
+
+def test_refine_for_this_prompt(setup):
+    ui, _, _ = setup
+    refined, info, _ = ui.txt2img([True, EMB, 1.0, True, 3, 2, "synthetic"])
+    plain_emb, _, _ = ui.txt2img([True, EMB])
+    assert "ReNeg refine steps: 3" in info and "ReNeg reward: synthetic" in info
+    value = info.split("ReNeg refined: ")[1].split(",")[0]
+    start, best = (float(v) for v in value.split(" (")[0].split("->"))
+    assert best >= start
+    if best > start:  # a better iterate was found: the sampled image uses it
+        assert _maxdiff(refined, plain_emb) > 0
