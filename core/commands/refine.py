@@ -1,0 +1,73 @@
+"""``reneg refine`` — per-prompt refinement of a (global) negative embedding (paper Algorithm 1)."""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_args
+from .reward_args import add_reward_weights_arg
+
+
+def register(sub) -> None:
+    p = sub.add_parser("refine", help="refine a negative embedding for one prompt (<=10 reward steps, best kept)",
+                       description=__doc__)
+    add_model_args(p)
+    p.add_argument("--reward", required=True, help="reward name or mix, e.g. hpsv2.1")
+    add_reward_weights_arg(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--init", default=None, help="starting negative embedding (default: the null-text embedding)")
+    p.add_argument("--out", required=True, help="refined embedding (.safetensors)")
+    p.add_argument("--image", default=None, help="also render the final image (best embedding, same seed) to PNG")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=10)
+    p.add_argument("--patience", type=int, default=3, help="stop after N iterates without improvement")
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--ddim-steps", "--steps", dest="ddim_steps", type=int, default=30)
+    p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=float, default=7.5)
+    p.add_argument("--step-index", type=int, default=None,
+                   help="DDIM step the reward is taken at (default: drawn from the last 10 with the seed)")
+    p.add_argument("--height", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from ..embedding_io import save_embedding
+    from ..errors import RenegError
+    from ..refine import refine_negative
+    from ..train import default_resolution
+    from .common import load_backend_from_args, resolve_negative, save_images
+    from .reward_args import build_reward_from_args
+
+    if Path(args.out).suffix.lower() != ".safetensors":
+        raise RenegError(f"{args.out}: the refined embedding must be saved as .safetensors.")
+    backend = load_backend_from_args(args)
+    reward = build_reward_from_args(args.reward, args.reward_weights, backend.device, backend.dtype)
+    init = resolve_negative(backend, args.init, None)
+    size = default_resolution(backend)
+    with tqdm(total=args.max_steps + 1, desc="reneg refine", dynamic_ncols=True) as bar:
+        def callback(step, total, score, _preview):
+            bar.update(1)
+            bar.set_postfix(reward=f"{score:.4f}")
+
+        result = refine_negative(backend, reward, args.prompt, init, seed=args.seed, max_steps=args.max_steps,
+                                 patience=args.patience, lr=args.lr, num_inference_steps=args.ddim_steps,
+                                 guidance_scale=args.guidance, height=args.height or size,
+                                 width=args.width or size, callback=callback, step_index=args.step_index,
+                                 mixed_precision=args.mixed_precision, final_image=bool(args.image))
+    recipe = {"max_steps": args.max_steps, "patience": args.patience, "lr": args.lr, "seed": args.seed,
+              "num_inference_steps": args.ddim_steps, "guidance_scale": args.guidance,
+              "step_index": result.step_index}
+    save_embedding(args.out, result.best, base_model=backend.name, reward=reward.name, recipe=recipe,
+                   steps=result.best_step, kind="per-prompt", prompt=args.prompt, init=args.init or "null-text",
+                   start_reward=f"{result.start_reward:.6g}", best_reward=f"{result.best_reward:.6g}")
+    print(f"{args.out}: reward {result.start_reward:.4f} -> {result.best_reward:.4f} "
+          f"(best iterate {result.best_step} of {len(result.trace) - 1})")
+    if args.image and result.image is not None:
+        for path in save_images(result.image, args.image):
+            print(path)
+    return 0

@@ -1,0 +1,108 @@
+"""``reneg train`` — learn a global negative embedding (paper defaults). Multi-GPU:
+``accelerate launch --multi_gpu --num_processes N -m reneg train ...`` (``--batch-size`` is the global batch)."""
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+
+from .common import add_model_args
+from .reward_args import add_reward_weights_arg
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="learn a global negative embedding by reward guidance (paper Sec. 3)",
+                       description=__doc__)
+    add_model_args(p)
+    p.add_argument("--reward", required=True, help="reward name or mix, e.g. hpsv2.1 or 'hpsv2.1:1,aesthetic:0.5'")
+    add_reward_weights_arg(p)
+    p.add_argument("--prompts", required=True, help="training prompts: .txt (one per line), .jsonl, .json, .csv, "
+                                                    ".tsv or a folder of those")
+    p.add_argument("--out", required=True, help="output embedding (.safetensors); checkpoint: <out>.state")
+    p.add_argument("--init", default=None, help="initial negative embedding file (default: the null-text embedding)")
+    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch per step (default 64)")
+    p.add_argument("--micro-batch", type=int, default=8, help="samples per forward/backward per process")
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--ddim-steps", type=int, default=30, help="DDIM steps of the sampler inside training")
+    p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=float, default=7.5)
+    p.add_argument("--last-k", type=int, default=10, help="t is drawn from the last K DDIM steps")
+    p.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
+                   help="autocast dtype (the embedding stays fp32)")
+    p.add_argument("--max-grad-norm", type=float, default=0.0, help="clip the embedding gradient (0: off)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet/VAE activations")
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--preview-every", type=int, default=0, help="write a preview PNG every N steps (0: off)")
+    p.add_argument("--preview-prompt", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from <out>.state")
+    p.add_argument("--overwrite", action="store_true", help="start over even if <out>.state exists")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..diffusers_backend import load_backend
+    from ..distributed import init_distributed
+    from ..embedding_io import load_embedding
+    from ..prompts import load_prompts
+    from ..train import TrainCallbacks, TrainConfig, default_resolution, train_global
+    from .common import resolve_device, resolve_dtype, save_images
+    from .reward_args import build_reward_from_args
+
+    prompts = load_prompts(args.prompts)  # fail fast, before loading models
+    init = load_embedding(args.init).tensor if args.init else None
+    dist = init_distributed(args.device)
+    device = dist.device if dist.world_size > 1 else resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    backend = load_backend(args.model, device=device, dtype=dtype)
+    reward = build_reward_from_args(args.reward, args.reward_weights, device, dtype)
+    size = default_resolution(backend)
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, micro_batch=args.micro_batch, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule,
+        num_inference_steps=args.ddim_steps, guidance_scale=args.guidance, last_k=args.last_k,
+        height=args.height or size, width=args.width or size, seed=args.seed,
+        mixed_precision=args.mixed_precision, max_grad_norm=args.max_grad_norm,
+        gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
+        preview_every=args.preview_every, preview_prompt=args.preview_prompt)
+    out = Path(args.out)
+    preview_dir = out.with_name(out.name.rsplit(".", 1)[0] + ".previews")
+    bar = tqdm(total=config.steps, desc="reneg train", disable=not dist.is_main, dynamic_ncols=True)
+
+    def progress(step, total, reward_mean, preview):
+        bar.n = step
+        bar.set_postfix(reward=f"{reward_mean:.4f}")
+        bar.refresh()
+        if preview is not None:
+            save_images(preview, preview_dir / f"step_{step:06d}.png")
+
+    interrupted = []
+
+    def on_sigint(signum, frame):  # first Ctrl-C: save a partial embedding + state and stop; second: abort
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = train_global(backend, reward, prompts, config,
+                              TrainCallbacks(progress=progress, should_stop=lambda: bool(interrupted)),
+                              init_negative=init, out=out, resume=args.resume, overwrite=args.overwrite, dist=dist,
+                              metadata={"init": args.init or "null-text", "prompts": Path(args.prompts).name})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+    if result.stopped:
+        if dist.is_main:
+            print(f"interrupted at step {result.step}: partial embedding {result.out}; continue with --resume")
+        return 130
+    if dist.is_main:
+        print(f"{result.out}: {result.step}/{result.total_steps} steps, {result.skipped_steps} skipped, "
+              f"last reward {result.log[-1]['reward_mean']:.4f}" if result.log else f"{result.out}: no steps run")
+    return 0

@@ -1,0 +1,62 @@
+"""Per-step training log: rows in memory (saved in the checkpoint), written as CSV and a reward-curve PNG."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .embedding_io import atomic_write
+
+COLUMNS = ("step", "reward_mean", "reward_std", "lr", "step_index", "grad_norm", "skipped", "seconds")
+
+
+def log_paths(out: str | Path) -> tuple[Path, Path]:
+    """(CSV, PNG) paths next to an output embedding ``x.safetensors``: ``x.log.csv``, ``x.rewards.png``."""
+    out = Path(out)
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return out.with_name(f"{stem}.log.csv"), out.with_name(f"{stem}.rewards.png")
+
+
+def write_csv(rows: Iterable[dict], path: str | Path) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8"))
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` finite values (NaN where there is none)."""
+    out, acc = [], []
+    for v in values:
+        if math.isfinite(v):
+            acc.append(v)
+        acc = acc[-window:]
+        out.append(sum(acc) / len(acc) if acc else float("nan"))
+    return out
+
+
+def plot_rewards(rows: list[dict], path: str | Path, title: Optional[str] = None) -> Path:
+    """Reward per step (thin) and its moving average (thick) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    steps = [int(r["step"]) for r in rows]
+    rewards = [float(r["reward_mean"]) for r in rows]
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot(111)
+    if rows:
+        ax.plot(steps, rewards, lw=0.6, alpha=0.45, label="batch mean reward")
+        ax.plot(steps, moving_average(rewards, max(1, len(rows) // 20)), lw=2.0, label="moving average")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward")
+    ax.set_title(title or "ReNeg training reward")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
