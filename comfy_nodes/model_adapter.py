@@ -12,7 +12,7 @@ Only imported inside a running ComfyUI (it imports ``comfy``). Why it looks the 
   SD2.x networks compute: for ComfyUI's ``EPS``/``V_PREDICTION`` samplings ``calculate_input(σ, x) = x_t``
   and ``timestep(σ) = t``, so :attr:`prediction_type` is the network's own (``epsilon`` or ``v_prediction``) and
   the engine's DDIM math is the same as with the diffusers backend. ``alphas_cumprod`` comes from the (possibly
-  patched) ``model_sampling.sigmas``: ᾱ = 1/(1+σ²).
+  object-patched, e.g. by the ModelSamplingDiscrete node) ``model_sampling.sigmas``: ᾱ = 1/(1+σ²).
 * Decoding uses ``vae.first_stage_model.decode(model.process_latent_out(x0))`` (differentiable), not
   ``VAE.decode`` (which preallocates, copies, may tile and returns BHWC).
 * ``model_options`` patches (attention/CFG hooks set by other nodes) are not applied on this path; weight patches
@@ -99,7 +99,9 @@ class ComfyBackend:
         self.context_dim = int(cfg["context_dim"])
         self.latent_channels = int(base.latent_format.latent_channels)
         self.vae_scale_factor = int(getattr(vae, "downscale_ratio", 8))
-        self.prediction_type = prediction_type_of(base.model_sampling)
+        # get_model_object sees object patches (e.g. the ModelSamplingDiscrete node's v-prediction/zsnr)
+        self._sampling = model.get_model_object("model_sampling")
+        self.prediction_type = prediction_type_of(self._sampling)
         self._unet_params: dict[str, torch.Tensor] | None = None
         self._vae_params: dict[str, torch.Tensor] | None = None
         self._decoder = _DecodeOnly(vae.first_stage_model)
@@ -115,7 +117,7 @@ class ComfyBackend:
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
-        sigmas = self._base.model_sampling.sigmas.detach().to("cpu", torch.float64)
+        sigmas = self._sampling.sigmas.detach().to("cpu", torch.float64)
         return (1.0 / (1.0 + sigmas ** 2)).float()
 
     # --- weights -------------------------------------------------------------------------------------------------

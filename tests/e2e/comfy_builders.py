@@ -10,7 +10,8 @@
 Command line (used by the tests as a subprocess so pytest never imports ``comfy``)::
 
     python comfy_builders.py checkpoint OUT.safetensors
-    python comfy_builders.py refine-equivalence OUT_DIR [--model tiny]
+    python comfy_builders.py refine-equivalence OUT_DIR --json '{"prompt": ..., "seed": ...}'
+    python comfy_builders.py adapter-checks
 """
 from __future__ import annotations
 
@@ -221,6 +222,51 @@ def refine_equivalence(out_dir: str | os.PathLike, model: str = "tiny", **kw) ->
     return summary
 
 
+def adapter_checks() -> dict:
+    """Facts about :class:`ComfyBackend` on ComfyUI copies of the tiny models, vs the diffusers backend."""
+    comfy_on_path()
+    load_pack()
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+    from reneg.comfy_nodes.model_adapter import ComfyBackend
+    from reneg.core.errors import RenegError
+    from reneg.core.tiny_models import load_tiny_backend
+
+    facts: dict = {}
+    torch.manual_seed(0)
+    for name in ("tiny", "tiny-v"):
+        ref = load_tiny_backend(name, fresh=True)
+        model = comfy_model_from_diffusers(ref.unet, ref.prediction_type)
+        vae = comfy_vae_from_diffusers(ref.vae)
+        with torch.inference_mode():  # as in a node: inputs and weights are inference tensors
+            x = torch.randn(2, 4, 8, 8)
+            ctx = torch.randn(2, 77, ref.context_dim)
+        with torch.inference_mode(False), torch.enable_grad():
+            backend = ComfyBackend(model, vae).load()
+            x, ctx = x.clone(), ctx.clone().requires_grad_(True)
+            out = {t: backend.model_output(x, t, ctx) for t in (999, 500, 1)}
+            out[500].square().mean().backward()
+            with torch.no_grad():
+                facts[name] = {
+                    "prediction_type": backend.prediction_type,
+                    "model_output_max_abs_diff": max(float((out[t] - ref.model_output(x, t, ctx)).abs().max())
+                                                     for t in out),
+                    "decode_max_abs_diff": float((backend.decode(x) - ref.decode(x)).abs().max()),
+                    "alphas_max_abs_diff": float((backend.alphas_cumprod - ref.alphas_cumprod).abs().max()),
+                    "context_grad_norm": float(ctx.grad.norm()),
+                }
+        if name == "tiny":
+            patched = ModelSamplingDiscrete().patch(model, "v_prediction", True)[0]
+            b = ComfyBackend(patched, vae)
+            facts["patched_v_zsnr"] = {"prediction_type": b.prediction_type,
+                                       "alpha_T": float(b.alphas_cumprod[-1])}
+            try:
+                ComfyBackend(ModelSamplingDiscrete().patch(model, "x0", False)[0], vae)
+                facts["x0_error"] = None
+            except RenegError as exc:
+                facts["x0_error"] = str(exc)
+    return facts
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -229,10 +275,13 @@ def main(argv=None) -> int:
     r = sub.add_parser("refine-equivalence")
     r.add_argument("out_dir")
     r.add_argument("--json", required=True, help="refine keyword arguments as JSON")
+    sub.add_parser("adapter-checks")
     args = p.parse_args(argv)
     comfy_on_path()
     if args.cmd == "checkpoint":
         print(build_sd15_checkpoint(args.out))
+    elif args.cmd == "adapter-checks":
+        print(json.dumps(adapter_checks()))
     else:
         print(json.dumps(refine_equivalence(args.out_dir, **json.loads(args.json))))
     return 0

@@ -21,6 +21,8 @@ from typing import Any, Optional
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 CHECKPOINT_NAME = "reneg_tiny_sd15.safetensors"
+#: Installed under a folder name other than "reneg": the pack must not depend on its directory name.
+PACK_FOLDER = "ComfyUI-ReNeg-e2e"
 #: Bump when build_sd15_checkpoint changes so cached checkpoints are rebuilt.
 CHECKPOINT_VERSION = "1"
 
@@ -77,7 +79,7 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         custom = base_dir / "custom_nodes"
         custom.mkdir(parents=True, exist_ok=True)
-        (custom / "reneg").symlink_to(REPO_ROOT, target_is_directory=True)
+        (custom / PACK_FOLDER).symlink_to(REPO_ROOT, target_is_directory=True)
         probe = custom / "reneg_e2e_probe"
         probe.mkdir()
         shutil.copy(HERE / "probe_node.py", probe / "__init__.py")

@@ -110,6 +110,29 @@ def test_load_to_ksampler_feeds_the_file_bit_for_bit(server, name):
     assert meta["all_identical"] == "True" and int(meta["calls"]) >= 3
 
 
+def test_strength_blends_with_the_clip_empty_prompt(server):
+    """strength 0 = ComfyUI's own CLIPTextEncode("") negative; 0.5 = the exact lerp towards the file."""
+    graph = dict(base_graph("unused"))
+    graph["empty"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}}
+    negatives = {"s0": ["neg0", 0], "s05": ["neg05", 0], "empty": ["empty", 0]}
+    for strength, node in ((0.0, "neg0"), (0.5, "neg05")):
+        graph[node] = {"class_type": "ReNegLoadEmbedding", "inputs": {
+            "embedding": "e2e_random.safetensors", "strength": strength, "clip": ["ckpt", 1]}}
+    for tag, negative in negatives.items():
+        graph[f"probe_{tag}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": tag}}
+        parts = sampler(negative, tag)
+        parts["ks"]["inputs"]["model"] = [f"probe_{tag}", 0]
+        parts["decode"]["inputs"]["samples"] = [f"ks_{tag}", 0]
+        parts["save_img"]["inputs"]["images"] = [f"decode_{tag}", 0]
+        graph.update({f"{k}_{tag}": v for k, v in parts.items()})
+    del graph["probe"]
+    server.run(graph)
+    emb = load_embedding(server.reneg_dir / "e2e_random.safetensors").tensor
+    s0, s05, empty = (probe_tensor(server, tag)[0] for tag in ("s0", "s05", "empty"))
+    assert torch.equal(s0, empty)
+    assert torch.equal(s05, torch.lerp(empty, emb, 0.5))
+
+
 def test_mismatched_embedding_is_a_clear_node_error(server):
     save_embedding(server.reneg_dir / "e2e_sd2_width.safetensors", torch.zeros(1, 77, 1024))
     graph = {**base_graph("mismatch"), **sampler(["neg", 0], "mismatch"),
@@ -196,11 +219,24 @@ def test_interrupt_mid_train_leaves_valid_partial_file(server):
     assert partial.tensor.shape == (1, 77, 768) and torch.isfinite(partial.tensor).all()
 
 
-def test_refine_in_comfyui_equals_cli_engine_on_the_same_tiny_model(tmp_path):
-    """ComfyUI's own UNetModel/AutoencoderKL classes holding the CLI ``tiny`` model's weights, refined through
-    the node's code path, vs ``core.refine`` on the diffusers tiny backend — the engine the CLI runs."""
-    from reneg.core.refine import refine_negative
-    from reneg.core.rewards import build_reward
+def test_adapter_matches_diffusers_backend_on_tiny_models():
+    """ComfyBackend on ComfyUI's classes holding the tiny eps/v weights equals the diffusers backend per call,
+    is differentiable in the context from inference-mode inputs, and honours a ModelSamplingDiscrete patch."""
+    facts = json.loads(cs.run_helper("adapter-checks"))
+    for name, pred in (("tiny", "epsilon"), ("tiny-v", "v_prediction")):
+        f = facts[name]
+        assert f["prediction_type"] == pred
+        assert f["model_output_max_abs_diff"] < 1e-5 and f["decode_max_abs_diff"] < 1e-5, f
+        assert f["alphas_max_abs_diff"] < 1e-6 and f["context_grad_norm"] > 0, f
+    assert facts["patched_v_zsnr"]["prediction_type"] == "v_prediction"
+    assert facts["patched_v_zsnr"]["alpha_T"] < 1e-7  # zero-terminal-SNR schedule seen through the object patch
+    assert "epsilon- or v-prediction" in facts["x0_error"]
+
+
+def test_refine_in_comfyui_equals_cli_refine_on_the_same_tiny_model(tmp_path):
+    """``reneg refine --model tiny`` (the CLI, diffusers backend) vs the Refine node's code path on ComfyUI's own
+    UNetModel/AutoencoderKL classes holding the same tiny weights, same prompt conditioning, init and seed."""
+    from reneg.core.cli import main as cli
     from reneg.core.tiny_models import load_tiny_backend
 
     kw = dict(seed=3, num_inference_steps=6, guidance_scale=7.5, width=64, height=64, max_steps=4, patience=3,
@@ -210,13 +246,19 @@ def test_refine_in_comfyui_equals_cli_engine_on_the_same_tiny_model(tmp_path):
     with safe_open(str(tmp_path / "comfy_refine.safetensors"), "pt") as fh:
         comfy_best, cond, init = fh.get_tensor("best"), fh.get_tensor("cond"), fh.get_tensor("init")
     backend = load_tiny_backend("tiny")
+    # the ComfyUI run got exactly the CLI's prompt conditioning and its default init (the null-text embedding)
     assert torch.equal(cond, backend.encode_prompts([PROMPT])) and torch.equal(init, backend.encode_prompts([""]))
-    cli = refine_negative(backend, build_reward("tiny"), PROMPT, init, **kw)
-    assert summary["best_step"] == cli.best_step
-    torch.testing.assert_close(torch.tensor(summary["trace"]), torch.tensor(cli.trace), rtol=1e-5, atol=1e-5)
-    moved = (cli.best - init).norm()
+
+    out = tmp_path / "cli_refined.safetensors"
+    assert cli(["refine", "--model", "tiny", "--device", "cpu", "--dtype", "fp32", "--reward", "tiny",
+                "--prompt", PROMPT, "--out", str(out), "--seed", "3", "--max-steps", "4", "--patience", "3",
+                "--lr", "0.05", "--ddim-steps", "6", "--guidance", "7.5", "--height", "64", "--width", "64"]) == 0
+    cli_file = load_embedding(out)
+    assert int(cli_file.metadata["steps"]) == summary["best_step"]  # the CLI stores the best iterate's index
+    assert float(cli_file.metadata["best_reward"]) == pytest.approx(max(summary["trace"]), rel=1e-5)
+    moved = (cli_file.tensor - init).norm()
     assert moved > 0.1  # the refinement did move the embedding
-    assert (comfy_best - cli.best).norm() / moved < 1e-2
+    assert float((comfy_best - cli_file.tensor).norm() / moved) < 1e-2
 
 
 EXAMPLES = sorted((cs.REPO_ROOT / "example_workflows").glob("*.json"))
