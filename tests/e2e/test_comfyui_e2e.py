@@ -94,6 +94,10 @@ def test_nodes_registered_with_dropdowns(server):
     options = info["ReNegLoadEmbedding"]["input"]["required"]["embedding"][1]["options"]
     assert "e2e_random.safetensors" in options and "sd2.1_reneg_emb.bin" in options  # files + registry
     assert info["ReNegRefine"]["output"] == ["CONDITIONING", "STRING", "IMAGE"]
+    templates = server.get("/workflow_templates")  # the frontend's template browser
+    assert sorted(templates[cs.PACK_FOLDER]) == ["reneg_load_ksampler", "reneg_refine", "reneg_train"]
+    served = server.get(f"/api/workflow_templates/{cs.PACK_FOLDER}/reneg_refine.json")
+    assert any(n["type"] == "ReNegRefine" for n in served["nodes"])
 
 
 @pytest.mark.parametrize("name", ["e2e_random.safetensors", "sd1.5_reneg_emb.bin"])
@@ -258,7 +262,7 @@ def test_refine_in_comfyui_equals_cli_refine_on_the_same_tiny_model(tmp_path):
     assert float(cli_file.metadata["best_reward"]) == pytest.approx(max(summary["trace"]), rel=1e-5)
     moved = (cli_file.tensor - init).norm()
     assert moved > 0.1  # the refinement did move the embedding
-    assert float((comfy_best - cli_file.tensor).norm() / moved) < 1e-2
+    assert float((comfy_best - cli_file.tensor).norm() / moved) < 1e-3  # measured ~2e-5 (float32 noise)
 
 
 EXAMPLES = sorted((cs.REPO_ROOT / "example_workflows").glob("*.json"))
