@@ -237,3 +237,23 @@ def test_package_import_outside_comfyui_loads_nothing_from_comfy_or_heavy():
             "print(hasattr(reneg, 'comfy_entrypoint'), bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO.parent)
     assert out.stdout.strip() == "False []"
+
+
+# --- Load ReNeg Reward node logic (core.rewards only, no ComfyUI) -------------------------------------------------
+def test_node_reward_is_differentiable_even_when_built_inside_inference_mode():
+    from reneg.comfy_nodes.reward_run import build_node_reward
+
+    with torch.inference_mode():  # ComfyUI runs every node like this
+        reward = build_node_reward("tiny", files.AUTO_WEIGHTS, "", [])
+    images = torch.rand(1, 3, 64, 64, requires_grad=True)
+    reward.score(images, ["a cat"]).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_node_reward_weight_errors(tmp_path):
+    from reneg.comfy_nodes.reward_run import build_node_reward
+
+    with pytest.raises(RenegError, match="not found"):
+        build_node_reward("hpsv2.1", "HPS_v2.1_compressed.pt", "", [tmp_path])
+    with pytest.raises(RenegError, match="mix finds its weights itself"):
+        build_node_reward("hpsv2.1", "x.pt", "hpsv2.1:1,aesthetic:0.5", [tmp_path])
