@@ -88,6 +88,9 @@ def install_inside_venv(dev: bool) -> None:
     missing = _missing(wanted)
     if missing:
         _pip(missing)
+    no_deps = _missing(_requirements("requirements-dev-nodeps.txt")) if dev else []
+    if no_deps:
+        _pip(["--no-deps", *no_deps])
     try:
         from importlib import metadata
 
