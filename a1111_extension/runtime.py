@@ -72,6 +72,31 @@ def release_reward() -> None:
         devices.torch_gc()
 
 
+def _weights_only_load(f, *args, **kwargs):
+    kwargs.setdefault("weights_only", True)
+    return torch.serialization.load(f, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def torch_load_unpatched() -> Iterator[None]:
+    """Use torch's own ``weights_only`` loader while ReNeg reads its files.
+
+    A1111 replaces ``torch.load`` by ``modules.safe.load``, whose zip-name check predates newer torch's
+    ``.format_version`` record (so it rejects files torch >= 2.4 writes, e.g. ReNeg's ``.state``) and which
+    returns None instead of raising. torch's ``weights_only=True`` unpickler is the safe check ReNeg relies on.
+    The swap is scoped to the job, which holds the webui's queue lock.
+    """
+    current = torch.load
+    if current is torch.serialization.load:
+        yield
+        return
+    torch.load = _weights_only_load
+    try:
+        yield
+    finally:
+        torch.load = current
+
+
 @contextlib.contextmanager
 def grad_enabled() -> Iterator[None]:
     """Gradients inside the webui's ``no_grad`` (A1111) or ``inference_mode`` (Forge) processing."""

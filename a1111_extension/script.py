@@ -90,7 +90,8 @@ class RenegScript(scripts.Script):
             if not a.enabled:
                 return
             found = library.resolve(a.embedding, settings.embedding_dirs())
-            emb, file_hash = _embeddings.load(found.path)
+            with runtime.torch_load_unpatched():
+                emb, file_hash = _embeddings.load(found.path)
             check_compatible(emb.tensor, model_context_dim(shared.sd_model), where="loaded checkpoint")
         except RenegError as exc:
             _report(p, f"not applied: {exc}")
@@ -112,7 +113,8 @@ class RenegScript(scripts.Script):
         try:
             backend = runtime.current_backend()
             backend.max_tokens = base.shape[1]
-            reward = runtime.load_reward(a.reward, backend.device)
+            with runtime.torch_load_unpatched():
+                reward = runtime.load_reward(a.reward, backend.device)
         except RenegError as exc:
             _report(p, f"refinement skipped: {exc}")
             return

@@ -51,6 +51,11 @@ def train(id_task, prompts_text, prompts_file, name, start_from, resume, overwri
     shared.state.job = "ReNeg training"
     shared.state.job_count = config.steps
     shared.state.textinfo = "ReNeg training: loading model and reward"
+    with runtime.torch_load_unpatched():
+        return _train(prompts, out, config, start_from, resume, overwrite, reward_spec)
+
+
+def _train(prompts, out, config, start_from, resume, overwrite, reward_spec):
     backend = runtime.current_backend()
     init = None
     if start_from and start_from != START_FROM_EMPTY:

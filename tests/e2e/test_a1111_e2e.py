@@ -16,12 +16,14 @@ infotext and png-info round-trip; a wrong-family embedding is a no-op; per-promp
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -82,15 +84,11 @@ def _maxdiff(a, b) -> int:
     return max(int(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def _prepare(data: Path) -> Path:
+    """Tiny checkpoint + yaml, two embeddings in models/ReNeg, extensions/reneg -> this repo; returns the ckpt."""
     from reneg.a1111_extension.tiny_checkpoint import write_checkpoint
     from reneg.core.embedding_io import save_embedding
 
-    webui = Path(A1111_PATH)
-    if not (webui / "launch.py").is_file() or not (webui / "repositories" / "stable-diffusion-stability-ai").is_dir():
-        pytest.skip(f"{webui} is not a webui checkout with repositories/ cloned")
-    data = tmp_path_factory.mktemp("a1111-data")
     ckpt = write_checkpoint(data / "models" / "Stable-diffusion", "reneg-tiny", "tiny",
                             text_encoder_dir=data / "tiny-text-encoder")
     g = torch.Generator().manual_seed(7)
@@ -98,35 +96,66 @@ def setup(tmp_path_factory):
     save_embedding(data / "models" / "ReNeg" / f"{EMB_WRONG}.safetensors", torch.randn(1, 77, 1024, generator=g))
     (data / "extensions").mkdir()
     (data / "extensions" / "reneg").symlink_to(REPO, target_is_directory=True)
+    return ckpt
+
+
+@contextlib.contextmanager
+def _webui(data: Path, ckpt: Path, ui: bool):
+    """Run launch.py (API only, or with the gradio UI) on a free loopback port until the API answers."""
+    webui = Path(A1111_PATH)
+    if not (webui / "launch.py").is_file() or not (webui / "repositories" / "stable-diffusion-stability-ai").is_dir():
+        pytest.skip(f"{webui} is not a webui checkout with repositories/ cloned")
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(data / "hf-home")}
-    log = open(data / "webui.log", "w")
-    proc = subprocess.Popen(
-        [os.environ.get("A1111_PYTHON", sys.executable), "launch.py", "--data-dir", str(data), "--ckpt", str(ckpt),
-         "--nowebui", "--api", "--port", str(port), "--server-name", "127.0.0.1", "--use-cpu", "all", "--no-half",
-         "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-install", "--skip-version-check",
-         "--do-not-download-clip"], cwd=webui, env=env, stdout=log, stderr=subprocess.STDOUT)
-    ui = Webui(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.time() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"webui exited ({proc.returncode}); log:\n{(data / 'webui.log').read_text()[-4000:]}")
-            try:
-                ui.get("/sdapi/v1/scripts")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() > deadline:
-                    pytest.fail("webui did not start within 300 s; log:\n" + (data / "webui.log").read_text()[-4000:])
-                time.sleep(2)
-        yield ui, data, ckpt
-    finally:
-        proc.terminate()
+    log_path = data / "webui.log"
+    mode = ["--api"] if ui else ["--nowebui", "--api"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [os.environ.get("A1111_PYTHON", sys.executable), "launch.py", "--data-dir", str(data), "--ckpt", str(ckpt),
+             *mode, "--port", str(port), "--server-name", "127.0.0.1", "--use-cpu", "all", "--no-half",
+             "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-install", "--skip-version-check",
+             "--do-not-download-clip"], cwd=webui, env=env, stdout=log, stderr=subprocess.STDOUT)
+        client = Webui(f"http://127.0.0.1:{port}")
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            deadline = time.time() + 300
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"webui exited ({proc.returncode}); log:\n{log_path.read_text()[-4000:]}")
+                try:
+                    client.get("/sdapi/v1/scripts")
+                    break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    if time.time() > deadline:
+                        pytest.fail("webui did not start within 300 s; log:\n" + log_path.read_text()[-4000:])
+                    time.sleep(2)
+            yield client
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    data = tmp_path_factory.mktemp("a1111-api")
+    ckpt = _prepare(data)
+    with _webui(data, ckpt, ui=False) as client:
+        yield client, data, ckpt
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("a1111-ui")
+    ckpt = _prepare(data)
+    with _webui(data, ckpt, ui=True) as client:
+        config = client.get("/config")
+        ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+        button = ids.get("reneg_train_button")
+        fn_index = next((i for i, d in enumerate(config["dependencies"])
+                         if button in d["targets"] or [button, "click"] in d["targets"]), None)
+        yield client, data, ids, fn_index
 
 
 def test_script_is_registered_with_documented_args(setup):
@@ -230,3 +259,73 @@ def test_refine_for_this_prompt(setup):
     assert best >= start
     if best > start:  # a better iterate was found: the sampled image uses it
         assert _maxdiff(refined, plain_emb) > 0
+
+
+# ---------------------------------------------------------------------------------------------- the ReNeg tab
+def _train_args(task, name, steps, *, resume=False, start="(empty prompt)", preview_every=2):
+    return [task, "a red cube\na blue ball", "", name, start, resume, False, steps, 2, 1, 0.01, "synthetic", 5, 4,
+            64, 64, 0, preview_every, 0, ""]
+
+
+def _progress(client, task):
+    return client.post("/internal/progress", {"id_task": task, "id_live_preview": -1, "live_preview": True})
+
+
+def _run_tab(client, fn_index, data, stop_at=None):
+    """Call the tab's Train handler through gradio; poll progress meanwhile; optionally interrupt at a step."""
+    task = data[0]
+    result, seen = {}, []
+    worker = threading.Thread(target=lambda: result.update(
+        out=client.post("/run/predict", {"fn_index": fn_index, "data": data, "session_hash": "reneg-e2e"})))
+    worker.start()
+    while worker.is_alive():
+        r = _progress(client, task)
+        if r.get("active"):
+            seen.append(r)
+            text = r.get("textinfo") or ""
+            if stop_at and "step " in text and int(text.split("step ")[1].split("/")[0]) >= stop_at:
+                client.post("/sdapi/v1/interrupt", {})
+                stop_at = None
+        time.sleep(0.3)
+    worker.join()
+    return result["out"]["data"], seen
+
+
+def test_tab_settings_and_accordion_are_built(ui_server):
+    _, _, ids, fn_index = ui_server
+    assert fn_index is not None
+    for elem in ("tab_reneg_tab", "reneg_train_prompts", "reneg_train_interrupt", "reneg_train_gallery",
+                 "setting_reneg_dir", "setting_reneg_default_reward", "script_txt2img_reneg_embedding",
+                 "script_img2img_reneg_refine"):
+        assert elem in ids, elem
+
+
+def test_tab_trains_with_live_progress(ui_server):
+    from reneg.core.embedding_io import load_embedding
+
+    client, data, _, fn_index = ui_server
+    (gallery, html), seen = _run_tab(client, fn_index, _train_args("task(reneg-e2e-train)", "tab-run", 4))
+    assert "complete: 4/4 steps" in html
+    assert len(gallery) == 3  # before, after, reward curve
+    assert any("ReNeg training: step" in (r.get("textinfo") or "") for r in seen)
+    assert any(r.get("live_preview") for r in seen)
+    emb = load_embedding(data / "models" / "ReNeg" / "tab-run.safetensors")
+    assert emb.metadata["status"] == "complete" and emb.tensor.shape == (1, 77, 768)
+    assert (data / "models" / "ReNeg" / "tab-run.rewards.png").is_file()
+
+
+def test_tab_interrupt_keeps_valid_file_and_resume_finishes(ui_server):
+    from reneg.core.embedding_io import load_embedding
+
+    client, data, _, fn_index = ui_server
+    out = data / "models" / "ReNeg" / "tab-int.safetensors"
+    (_, html), _ = _run_tab(client, fn_index, _train_args("task(reneg-e2e-int)", "tab-int", 12, start=EMB,
+                                                          preview_every=0), stop_at=2)
+    assert "interrupted" in html
+    emb = load_embedding(out)
+    assert emb.metadata["status"] == "partial" and 2 <= int(emb.metadata["steps"]) < 12
+    assert torch.isfinite(emb.tensor).all()
+    (_, html2), _ = _run_tab(client, fn_index, _train_args("task(reneg-e2e-res)", "tab-int", 12, resume=True,
+                                                           start=EMB, preview_every=0))
+    assert "complete: 12/12 steps" in html2
+    assert load_embedding(out).metadata["status"] == "complete"
