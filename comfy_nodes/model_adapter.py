@@ -28,6 +28,7 @@ import torch
 from torch.func import functional_call
 
 from ..core.errors import RenegError
+from .conditioning import fit_tokens
 
 log = logging.getLogger("reneg")
 
@@ -174,7 +175,7 @@ def encode_text(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         log.warning("ReNeg: prompt %r is longer than one 77-token chunk; using the first chunk (as diffusers "
                     "and the ReNeg paper do).", text[:60])
     with torch.inference_mode(False):
-        cond = cond[:, :CHUNK_TOKENS].detach().clone().float()
+        cond = fit_tokens(cond, CHUNK_TOKENS, "CLIP conditioning").detach().clone().float()
         pooled = pooled.detach().clone().float() if isinstance(pooled, torch.Tensor) else None
     return cond, pooled
 

@@ -10,7 +10,6 @@ import logging
 import os
 from pathlib import Path
 
-import torch
 from typing_extensions import override
 
 import folder_paths
@@ -24,6 +23,7 @@ from ..core.rewards.weights import REWARDS_DIR_ENV
 from ..core.train import TrainConfig
 from . import files
 from .conditioning import apply_strength, pack, single_tensor
+from .model_adapter import encode_text
 
 log = logging.getLogger("reneg")
 CATEGORY = "conditioning/reneg"
@@ -60,12 +60,6 @@ def resolve_embedding(choice: str) -> Path:
     target_dir = _embedding_dirs()[0]
     log.info("ReNeg: downloading released embedding %s to %s", released.name, target_dir)
     return download_released(released.name, target_dir)
-
-
-def _null_conditioning(clip) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from .model_adapter import encode_text
-
-    return encode_text(clip, "")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,7 +99,7 @@ class LoadEmbedding(io.ComfyNode):
         emb = load_embedding(resolve_embedding(embedding))
         null, pooled = (None, None)
         if clip is not None:
-            null, pooled = _null_conditioning(clip)
+            null, pooled = encode_text(clip, "")
             check_compatible(emb.tensor, int(null.shape[-1]), where="connected CLIP")
         tensor = apply_strength(emb.tensor, null, strength)
         return io.NodeOutput(pack(tensor, pooled))

@@ -28,7 +28,7 @@ def train_embedding(model, clip, vae, reward, prompts: Sequence[str], out: Path,
                          "it, or choose another save name (or delete the old files).")
     reporter = reporter or comfy_reporter(config.steps)
     with prepared(model, vae, clip, name=model_title(model)) as backend:
-        reward.to(backend.device)
+        reward = reward.to(backend.device)
 
         def progress(step: int, total: int, mean_reward: float, preview: Optional[torch.Tensor]) -> None:
             reporter.step(step, preview)
