@@ -14,9 +14,6 @@ from reneg.a1111_extension.train_logic import compose, curve_image, output_path,
 from reneg.core.embedding_io import save_embedding
 from reneg.core.errors import RenegError
 
-RELEASED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "released"
-
-
 def _write(path: Path, dim=768, seed=0) -> Path:
     g = torch.Generator().manual_seed(seed)
     return save_embedding(path, torch.randn(1, 77, dim, generator=g))
@@ -43,10 +40,8 @@ def test_list_and_resolve_embeddings(tmp_path):
         library.resolve("", dirs)
 
 
-def test_released_files_load_through_the_cache():
-    if not RELEASED.is_dir():
-        pytest.skip(f"released ReNeg embeddings not present at {RELEASED}")
-    files = library.list_embeddings([RELEASED])
+def test_released_files_load_through_the_cache(released_dir):
+    files = library.list_embeddings([released_dir])
     assert {"sd1.5_reneg_emb", "sd2.1_reneg_emb"} <= set(files)
     cache = library.EmbeddingCache()
     emb, h = cache.load(files["sd1.5_reneg_emb"].path)
