@@ -5,9 +5,9 @@ Only imported inside a running ComfyUI (it imports ``comfy``). Why it looks the 
 * ComfyUI executes every node under ``torch.inference_mode()``; its weights and every tensor handed between nodes
   are inference tensors, which autograd refuses to save for backward. So the backend is built and used under
   ``torch.inference_mode(False)``: :func:`prepared` loads the models with ``load_models_gpu`` (LoRA and other
-  weight patches applied, full load), then clones the UNet's and the VAE decoder's parameters once into normal
+  weight patches applied, full load), then clones the UNet's and the VAE's parameters once into normal
   tensors and calls the modules through ``torch.func.functional_call`` with those clones. The clones cost about one
-  extra UNet + VAE-decoder copy in memory for the life of the node run.
+  extra UNet + VAE copy in memory for the life of the node run.
 * The UNet is called directly in the DDPM parametrisation (``x_t``, discrete timestep ``t``), which is what SD1.x /
   SD2.x networks compute: for ComfyUI's ``EPS``/``V_PREDICTION`` samplings ``calculate_input(σ, x) = x_t``
   and ``timestep(σ) = t``, so :attr:`prediction_type` is the network's own (``epsilon`` or ``v_prediction``) and
@@ -47,14 +47,9 @@ class _DecodeOnly(torch.nn.Module):
         return self.inner.decode(z)
 
 
-def _clone_tensors(module: torch.nn.Module, prefix_filter: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """Normal (non-inference) copies of a module's parameters and buffers, optionally only some prefixes."""
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        if prefix_filter and not name.startswith(prefix_filter):
-            continue
-        out[name] = tensor.detach().clone()
-    return out
+def _clone_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Normal (non-inference) copies of a module's parameters and buffers."""
+    return {name: t.detach().clone() for name, t in list(module.named_parameters()) + list(module.named_buffers())}
 
 
 def prediction_type_of(model_sampling) -> str:
@@ -128,8 +123,8 @@ class ComfyBackend:
 
         mm.load_models_gpu([self.model, self.vae.patcher], force_full_load=True)
         self._unet_params = _clone_tensors(self._unet)
-        self._vae_params = {f"inner.{k}": v for k, v in
-                            _clone_tensors(self.vae.first_stage_model, ("decoder.", "post_quant_conv.")).items()}
+        # the whole VAE (not only its decoder): parameter names differ between VAE classes (e.g. TAESD)
+        self._vae_params = {f"inner.{k}": v for k, v in _clone_tensors(self.vae.first_stage_model).items()}
         return self
 
     def release(self) -> None:
