@@ -93,8 +93,12 @@ def cfg_model_output(backend: DiffusionBackend, latents: torch.Tensor, timestep,
         return backend.model_output(latents, timestep, cond)
     batch = latents.shape[0]
     neg = broadcast_negative(negative, batch).to(cond.dtype)
-    out = backend.model_output(torch.cat([latents] * 2), timestep, torch.cat([neg, cond]))
-    uncond_out, cond_out = out.chunk(2)
+    if neg.shape[1] == cond.shape[1]:
+        out = backend.model_output(torch.cat([latents] * 2), timestep, torch.cat([neg, cond]))
+        uncond_out, cond_out = out.chunk(2)
+    else:  # e.g. a positive longer than 77 tokens: cross-attention takes any length, but not in one batch
+        uncond_out = backend.model_output(latents, timestep, neg)
+        cond_out = backend.model_output(latents, timestep, cond)
     return guided_output(uncond_out, cond_out, guidance_scale)
 
 

@@ -68,3 +68,14 @@ def test_split_prediction_recovers_x0_and_eps(ptype):
     assert torch.allclose(ddim_step(got_x0, got_eps, a_prev), a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps)
     with pytest.raises(ValueError):
         split_prediction(out, x_t, a, "flow")
+
+
+def test_positive_longer_than_the_negative_runs_branches_separately(tiny_backend):
+    cond77 = tiny_backend.encode_prompts(["a tree"])
+    cond154 = torch.cat([cond77, tiny_backend.encode_prompts(["in autumn"])], dim=1)
+    neg = tiny_backend.encode_prompts([""])
+    lat = initial_latents(tiny_backend, 1, 64, 64, seed=0)
+    long = sample(tiny_backend, cond154, neg, lat, 3, 7.5)
+    short = sample(tiny_backend, cond77, neg, lat, 3, 7.5)
+    assert long.shape == short.shape and torch.isfinite(long).all()
+    assert (long - short).abs().max() > 0
