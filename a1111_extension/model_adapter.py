@@ -114,6 +114,36 @@ def model_context_dim(sd_model: Any) -> int:
     return context_dim_of(sd_model.model.diffusion_model)
 
 
+class OutOfPlaceTensor(torch.Tensor):
+    """A tensor whose ``x += y`` (``-=``, ``*=``, ``/=``) rebinds ``x`` to a new tensor instead of writing in place.
+
+    Forge's UNet (an older ComfyUI copy) updates activations in place (``x += n`` after ``norm1(x)`` saved ``x``),
+    which autograd rejects ("modified by an inplace operation"). Feeding the networks inputs of this class makes
+    every derived activation one too (torch keeps the subclass through operations), so those updates become
+    out-of-place with identical values. Explicit in-place methods (``add_``) are unaffected.
+    """
+
+    def __iadd__(self, other):
+        return self + other
+
+    def __isub__(self, other):
+        return self - other
+
+    def __imul__(self, other):
+        return self * other
+
+    def __itruediv__(self, other):
+        return self / other
+
+
+def out_of_place(t: torch.Tensor) -> torch.Tensor:
+    return t.as_subclass(OutOfPlaceTensor)
+
+
+def plain(t: torch.Tensor) -> torch.Tensor:
+    return t.as_subclass(torch.Tensor) if isinstance(t, OutOfPlaceTensor) else t
+
+
 class LdmBackend:
     """DiffusionBackend over an ``ldm`` ``LatentDiffusion`` (A1111's ``shared.sd_model`` for SD1.x/SD2.x).
 
@@ -281,12 +311,13 @@ class ForgeBackend:
         sigma = ((1 - a) / a).sqrt()
         x_k = latents.float() / a.sqrt()[:, None, None, None]
         options = self.unet_patcher.model_options.get("transformer_options", {})
-        x0 = self.kmodel.apply_model(x_k, sigma, c_crossattn=context, transformer_options=options)
-        return x0.to(latents.dtype)
+        x0 = self.kmodel.apply_model(out_of_place(x_k), sigma, c_crossattn=out_of_place(context),
+                                     transformer_options=options)
+        return plain(x0).to(latents.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         z = self.vae.process_out(latents.to(device=self.vae_wrapper.device, dtype=self.vae_wrapper.vae_dtype))
-        image = self.vae.decode(z)
+        image = plain(self.vae.decode(out_of_place(z)))
         return ((image.float() + 1.0) / 2.0).clamp(0, 1)
 
     @torch.no_grad()
