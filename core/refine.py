@@ -21,7 +21,7 @@ from .errors import RenegError
 from .model_boundary import DiffusionBackend
 from .objective import draw_step_index, reneg_objective
 from .rewards.base import Reward
-from .train import ProgressFn, autocast_context, batch_latents, render
+from .train import ProgressFn, autocast_context, batch_latents, for_precision, render
 
 
 @dataclass
@@ -70,6 +70,7 @@ def refine_negative(backend: DiffusionBackend, reward: Reward, prompt: Optional[
     t_index = refinement_step_index(seed, num_inference_steps, last_k) if step_index is None else int(step_index)
     if not 0 <= t_index < num_inference_steps:
         raise RenegError(f"step_index {t_index} is outside 0..{num_inference_steps - 1}.")
+    reward = for_precision(reward, mixed_precision)
     scheduler = make_scheduler(backend)
     latents = batch_latents(backend, [seed], height, width)
 

@@ -124,6 +124,27 @@ def autocast_context(device: torch.device, mixed_precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class RewardOutsideAutocast:
+    """Runs a reward with autocast disabled on float32 images: mixed precision applies to the diffusion model;
+    the reward computes in its own dtype (and its caches never see autocast dtypes)."""
+
+    def __init__(self, reward: Reward):
+        self.reward, self.name = reward, getattr(reward, "name", type(reward).__name__)
+
+    def to(self, device=None, dtype=None) -> "RewardOutsideAutocast":
+        self.reward.to(device, dtype)
+        return self
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self.reward.score(images.float(), prompts)
+
+
+def for_precision(reward: Reward, mixed_precision: str) -> Reward:
+    """``reward`` itself, or wrapped in :class:`RewardOutsideAutocast` when autocast is on."""
+    return reward if MIXED_PRECISION[mixed_precision] is None else RewardOutsideAutocast(reward)
+
+
 def enable_gradient_checkpointing(backend: DiffusionBackend) -> None:
     fn = getattr(backend, "enable_gradient_checkpointing", None)
     if fn is None:
@@ -184,7 +205,8 @@ def render(backend: DiffusionBackend, cond: torch.Tensor, negative: torch.Tensor
 class _Trainer:
     def __init__(self, backend: DiffusionBackend, reward: Reward, prompts: list[str], config: TrainConfig,
                  callbacks: TrainCallbacks, dist: DistContext, out: Optional[Path], init_negative, meta: dict):
-        self.backend, self.reward, self.prompts, self.config = backend, reward, prompts, config
+        self.backend, self.prompts, self.config = backend, prompts, config
+        self.reward = for_precision(reward, config.mixed_precision)
         self.callbacks, self.dist, self.out, self.meta = callbacks, dist, out, meta
         self.device = backend.device
         init = init_negative if init_negative is not None else backend.encode_prompts([""])
