@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 
 from ..core.errors import RenegError
 
-log = logging.getLogger("reneg.a1111")
 
 #: ldm ``parameterization`` -> DiffusionBackend ``prediction_type``
 PARAMETERIZATIONS = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
@@ -92,19 +90,6 @@ def gradient_checkpointing(modules: Iterable[torch.nn.Module],
             m.__dict__.pop("forward", None)
 
 
-def truncate_tokens(cond: torch.Tensor, max_tokens: Optional[int]) -> torch.Tensor:
-    """Keep the first ``max_tokens`` tokens of a ``[B, 77·k, D]`` conditioning.
-
-    A1111 encodes prompts over 75 tokens as several 77-token chunks; the core concatenates cond and negative in
-    one batch, so a 77-token negative needs a 77-token cond. The first chunk is a complete CLIP encoding
-    (BOS, first 75 tokens, EOS) of the prompt's beginning.
-    """
-    if max_tokens is None or cond.shape[1] <= max_tokens:
-        return cond
-    log.warning("ReNeg: prompt longer than %d tokens; refinement/training uses its first chunk.", max_tokens - 2)
-    return cond[:, :max_tokens]
-
-
 def model_context_dim(sd_model: Any) -> int:
     """Cross-attention width of the loaded webui model (A1111 ldm/sgm or Forge)."""
     if sd_model is None:
@@ -166,9 +151,6 @@ class LdmBackend:
         self.vae_scale_factor = 2 ** (int(getattr(decoder, "num_resolutions", 4)) - 1)
         self._dtype = dtype
         self._vae_dtype = vae_dtype
-        #: When set, prompt conditioning longer than this many tokens is cut to its first chunk (see
-        #: :func:`truncate_tokens`); the script sets it to the negative embedding's token count.
-        self.max_tokens: Optional[int] = None
         ac = getattr(sd_model, "alphas_cumprod_original", None)
         if ac is None:
             ac = sd_model.alphas_cumprod
@@ -207,11 +189,12 @@ class LdmBackend:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """The webui's own text conditioning (A1111: emphasis, textual inversions, 75-token chunks)."""
+        """The webui's own text conditioning (A1111: emphasis, textual inversions, 75-token chunks: prompts
+        over 75 tokens give ``[B, 77·k, D]``; the core runs such cond and the 77-token negative separately)."""
         cond = self.sd_model.get_learned_conditioning(list(prompts))
         if isinstance(cond, dict):
             cond = cond["crossattn"]
-        return truncate_tokens(cond, self.max_tokens).to(self.dtype)
+        return cond.to(self.dtype)
 
     def gradient_checkpointing(self):
         """Context manager: recompute UNet and VAE-decoder blocks in backward (less memory)."""
@@ -281,7 +264,6 @@ class ForgeBackend:
         self.context_dim = context_dim_of(self.unet)
         self.latent_channels = int(getattr(fo.vae, "latent_channels", 4))
         self.vae_scale_factor = int(getattr(fo.vae, "downscale_ratio", 8))
-        self.max_tokens: Optional[int] = None
         with torch.inference_mode(False):
             self._alphas_cumprod = self.kmodel.predictor.alphas_cumprod.detach().float().cpu().clone()
 
@@ -326,7 +308,7 @@ class ForgeBackend:
         if isinstance(cond, dict):
             cond = cond["crossattn"]
         with torch.inference_mode(False):
-            return truncate_tokens(cond.clone(), self.max_tokens).to(device=self.device, dtype=torch.float32)
+            return cond.clone().to(device=self.device, dtype=torch.float32)
 
     def gradient_checkpointing(self):
         return gradient_checkpointing([self.unet, self.vae])

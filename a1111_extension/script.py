@@ -112,7 +112,6 @@ class RenegScript(scripts.Script):
         seeds = list(kwargs.get("seeds") or p.seeds)
         try:
             backend = runtime.current_backend()
-            backend.max_tokens = base.shape[1]
             with runtime.torch_load_unpatched():
                 reward = runtime.load_reward(a.reward, backend.device)
         except RenegError as exc:

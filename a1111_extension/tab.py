@@ -62,9 +62,6 @@ def _train(prompts, out, config, start_from, resume, overwrite, reward_spec):
         found = library.resolve(start_from, settings.embedding_dirs())
         init = library.EmbeddingCache().load(found.path)[0].tensor
         check_compatible(init, backend.context_dim, where="loaded checkpoint")
-        backend.max_tokens = init.shape[1]
-    else:
-        backend.max_tokens = 77
     reward = runtime.load_reward(reward_spec, backend.device)
 
     def set_step(step, total):

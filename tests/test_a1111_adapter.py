@@ -19,7 +19,6 @@ pytest.importorskip("ldm.models.diffusion.ddpm", reason="needs PyPI stable-diffu
 from reneg.a1111_extension import model_adapter as ma  # noqa: E402
 from reneg.a1111_extension.tiny_checkpoint import (build_ldm, diffusers_components_from_ldm,  # noqa: E402
                                                    write_text_encoder)
-from reneg.core.clip_tokenizer import offline_clip_tokenizer  # noqa: E402
 from reneg.core.ddim import initial_latents, make_scheduler, sample, split_prediction  # noqa: E402
 from reneg.core.diffusers_backend import DiffusersBackend  # noqa: E402
 from reneg.core.errors import RenegError  # noqa: E402
@@ -150,6 +149,17 @@ def test_sampling_and_objective_equal_diffusers_path(models):
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-5)
     assert grads[0][1].abs().sum() > 0
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-3, atol=1e-7)
+
+
+def test_multi_chunk_prompt_conditioning(models):
+    """A1111 gives prompts over 75 tokens as [1, 77*k, D]; CFG with a 77-token negative still matches diffusers."""
+    _, _, backend, diff = models
+    cond = torch.cat([backend.encode_prompts(["a red cube"]), backend.encode_prompts(["on a wooden table"])], dim=1)
+    assert cond.shape[1] == 154
+    neg = torch.randn(1, 77, backend.context_dim, generator=torch.Generator().manual_seed(8)) * 0.5
+    lat = initial_latents(backend, 1, 64, 64, seed=9)
+    torch.testing.assert_close(sample(backend, cond, neg, lat, 3, 5.0), sample(diff, cond, neg, lat, 3, 5.0),
+                               rtol=1e-3, atol=1e-4)
 
 
 def test_uses_alphas_cumprod_original(models):

@@ -85,16 +85,3 @@ def test_refinement_on_the_adapter_never_gets_worse(backend):
     assert result.best.shape == (1, 77, 768)
     assert result.best_reward >= result.start_reward
     assert len(result.trace) >= 2
-
-
-def test_long_prompt_conditioning_is_cut_to_the_negative_length(backend):
-    backend.max_tokens = 77
-    try:
-        cond = torch.randn(1, 154, 768)
-        from reneg.a1111_extension.model_adapter import truncate_tokens
-
-        assert truncate_tokens(cond, 77).shape == (1, 77, 768)
-        assert truncate_tokens(cond, None) is cond
-        assert backend.encode_prompts(["x"]).shape == (1, 77, 768)
-    finally:
-        backend.max_tokens = None

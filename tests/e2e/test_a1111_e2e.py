@@ -259,6 +259,9 @@ def test_refine_for_this_prompt(setup):
     assert best >= start
     if best > start:  # a better iterate was found: the sampled image uses it
         assert _maxdiff(refined, plain_emb) > 0
+    long_prompt = ", ".join(["a very detailed photo of a small cat"] * 12)  # > 75 tokens: 2 chunks
+    _, info_long, _ = ui.txt2img([True, EMB, 1.0, True, 2, 2, "synthetic"], prompt=long_prompt)
+    assert "ReNeg refined: " in info_long
 
 
 # ---------------------------------------------------------------------------------------------- the ReNeg tab
