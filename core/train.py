@@ -376,7 +376,7 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
     if out_path is not None and out_path.suffix.lower() != ".safetensors":
         raise RenegError(f"{out_path}: the output embedding must be a .safetensors file.")
     meta = {"base_model": backend.name, "reward": getattr(reward, "name", type(reward).__name__),
-            **{k: str(v) for k, v in (metadata or {}).items()}}
+            "processes": str(dist.world_size), **{k: str(v) for k, v in (metadata or {}).items()}}
     trainer = _Trainer(backend, reward, prompts, config, callbacks or TrainCallbacks(), dist, out_path,
                        init_negative, meta)
     if out_path is not None:
