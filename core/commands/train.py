@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import threading
 from pathlib import Path
 
 from .common import add_model_args
@@ -89,14 +90,16 @@ def run(args: argparse.Namespace) -> int:
         interrupted.append(signum)
         signal.signal(signal.SIGINT, previous)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     try:
         result = train_global(backend, reward, prompts, config,
                               TrainCallbacks(progress=progress, should_stop=lambda: bool(interrupted)),
                               init_negative=init, out=out, resume=args.resume, overwrite=args.overwrite, dist=dist,
                               metadata={"init": args.init or "null-text", "prompts": Path(args.prompts).name})
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
         bar.close()
     if result.stopped:
         if dist.is_main:
