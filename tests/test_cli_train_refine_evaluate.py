@@ -71,3 +71,35 @@ def test_clear_errors(tmp_path, capsys):
     assert main(["evaluate", "--model", "tiny", "--negatives", "null", "--prompts", str(tmp_path / "missing.txt"),
                  "--metrics", "tiny", "--out", str(tmp_path / "ev")]) == 2
     assert "neither an existing file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_resumable_partial_embedding(tmp_path, prompts):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "neg.safetensors"
+    cmd = [sys.executable, "-m", "reneg", "train", "--model", "tiny", "--reward", "synthetic", "--prompts",
+           str(prompts), "--out", str(out), "--steps", "100000", "--batch-size", "1", "--micro-batch", "1",
+           "--save-every", "1", "--device", "cpu", *SMALL]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        state = tmp_path / "neg.safetensors.state"
+        while not state.exists() and proc.poll() is None:  # wait for the first checkpoint
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "continue with --resume" in stdout
+    saved = load_embedding(out)
+    assert saved.metadata["status"] == "partial" and int(saved.metadata["steps"]) >= 1
+    state = torch.load(tmp_path / "neg.safetensors.state", weights_only=True)
+    assert state["step"] == int(saved.metadata["steps"])
