@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -29,23 +31,42 @@ def _requirements(*files: str) -> list[str]:
     return reqs
 
 
-def _missing(reqs: list[str]) -> list[str]:
-    """Requirements whose distribution is absent or whose installed version does not satisfy the spec."""
+def _dist_name(spec: str) -> str:
+    try:
+        from packaging.requirements import Requirement
+
+        return Requirement(spec).name
+    except ImportError:  # packaging ships with pip/setuptools nearly everywhere
+        return re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _installed_version(name: str) -> str | None:
     from importlib import metadata
 
     try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _satisfied(spec: str, version: str) -> bool:
+    try:
         from packaging.requirements import Requirement
-    except ImportError:  # packaging ships with pip/setuptools nearly everywhere; fall back to names only
-        Requirement = None
+    except ImportError:
+        return True
+    return Requirement(spec).specifier.contains(version, prereleases=True)
+
+
+def _missing(reqs: list[str]) -> list[str]:
+    """Requirements whose distribution is absent or whose installed version does not satisfy the spec."""
     out = []
     for spec in reqs:
-        name = Requirement(spec).name if Requirement else spec.split(">")[0].split("=")[0].split("<")[0].strip()
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out.append(spec)
-            continue
-        if Requirement and version not in Requirement(spec).specifier:
+        version = _installed_version(_dist_name(spec))
+        if version is None or not _satisfied(spec, version):
             out.append(spec)
     return out
 
@@ -56,20 +77,51 @@ def _pip(args: list[str], python: str = sys.executable) -> None:
     subprocess.check_call(cmd)
 
 
+def _freeze_constraints(skip: set[str]) -> str:
+    """A pip constraints file pinning every installed distribution (except ``skip``) to its current version."""
+    from importlib import metadata
+
+    pins = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions()
+                   if d.metadata["Name"] and _canon(d.metadata["Name"]) not in skip})
+    fd, path = tempfile.mkstemp(prefix="reneg-host-constraints-", suffix=".txt")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(pins) + "\n")
+    return path
+
+
 def install_into_host() -> None:
-    """A1111/Forge (via ``launch``) or ComfyUI/plain Python: install missing requirements only."""
-    missing = _missing(_requirements("requirements.txt"))
-    if not missing:
+    """A1111/Forge (via ``launch``) or ComfyUI/plain Python: install absent requirements only.
+
+    The host's installed packages are never upgraded or downgraded: pip runs with a constraints file pinning all
+    of them, so it picks versions of the absent packages that fit the host (e.g. an older diffusers for A1111's
+    huggingface_hub), or fails with a message naming what to do.
+    """
+    reqs = _requirements("requirements.txt")
+    absent = [s for s in reqs if _installed_version(_dist_name(s)) is None]
+    for spec in reqs:
+        version = _installed_version(_dist_name(spec))
+        if version is not None and not _satisfied(spec, version):
+            print(f"[ReNeg] keeping the host's {_dist_name(spec)}=={version} (ReNeg asks for {spec}); "
+                  "upgrade it yourself if a ReNeg feature fails.", flush=True)
+    if not absent:
         return
+    constraints = _freeze_constraints({_canon(_dist_name(s)) for s in absent})
     try:
-        import launch  # A1111 / Forge
-    except ImportError:
-        launch = None
-    if launch is not None and hasattr(launch, "run_pip"):
-        for spec in missing:
-            launch.run_pip(f'install "{spec}"', f"ReNeg requirement: {spec}")
-    else:
-        _pip(missing)
+        try:
+            import launch  # A1111 / Forge
+        except ImportError:
+            launch = None
+        if launch is not None and hasattr(launch, "run_pip"):
+            quoted = " ".join(f'"{s}"' for s in absent)
+            launch.run_pip(f'install -c "{constraints}" {quoted}', f"ReNeg requirements: {', '.join(absent)}")
+        else:
+            _pip(["-c", constraints, *absent])
+    except (subprocess.CalledProcessError, RuntimeError) as exc:
+        raise SystemExit(f"[ReNeg] could not install {', '.join(absent)} without changing the host's packages "
+                         f"({exc}). Install them by hand into the host's Python, e.g. "
+                         f"`python -m pip install {' '.join(absent)}`.") from exc
+    finally:
+        os.unlink(constraints)
 
 
 def setup_venv(dev: bool) -> None:

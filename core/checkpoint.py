@@ -30,7 +30,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise RenegError(f"No training state at {p}; nothing to resume. Start without --resume.")
     try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
+        state = torch.serialization.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise RenegError(f"{p}: unreadable training state ({str(exc).splitlines()[0][:200]}). "
                          "Delete it and start again without --resume.") from exc

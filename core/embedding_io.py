@@ -112,7 +112,7 @@ def load_embedding(path: str | os.PathLike) -> NegativeEmbedding:
         return NegativeEmbedding(_as_embedding_tensor(obj, p), metadata, str(p))
     if p.suffix.lower() in PICKLE_SUFFIXES:
         try:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            obj = torch.serialization.load(str(p), map_location="cpu", weights_only=True)  # not torch.load: webuis patch it
         except pickle.UnpicklingError as exc:
             raise UnsafeFileError(
                 f"{p}: refused to load — the pickle asks to run code or build non-tensor objects "
@@ -167,6 +167,10 @@ def build_metadata(tensor: torch.Tensor, *, base_model: str = "", reward: str = 
     return meta
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``; on any failure the temp file is removed."""
     target = Path(path)
@@ -175,6 +179,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; saved files get the usual permissions
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

@@ -35,7 +35,7 @@ def tiny_v_backend():
 
 # In CI a skip is only allowed for the opt-in real-host tests (no ComfyUI/A1111 there) and the optional hpsv2
 # cross-check; anything else skipped there (missing ldm, missing ../shared fixtures, ...) fails loudly instead.
-CI_ALLOWED_SKIPS = ("COMFYUI_PATH", "A1111_PATH", "hpsv2 not installed")
+CI_ALLOWED_SKIPS = ("COMFYUI_PATH", "A1111_PATH", "FORGE_PATH", "hpsv2 not installed")
 
 
 def _fail_unexpected_ci_skip(report) -> None:

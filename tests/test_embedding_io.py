@@ -125,3 +125,10 @@ def test_save_refuses_non_safetensors_extension(tmp_path):
     with pytest.raises(RenegError, match=".safetensors"):
         eio.save_embedding(tmp_path / "x.bin", torch.zeros(1, 77, 768))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    out = eio.save_embedding(tmp_path / "perm.safetensors", torch.zeros(1, 77, 768))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == (0o666 & ~umask)

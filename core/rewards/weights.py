@@ -86,7 +86,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = torch.serialization.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # legacy (non-zip) pickle: mmap unsupported, retry without
         obj = _torch_load(path)
     except Exception as e:
@@ -100,7 +100,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _torch_load(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.serialization.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise _unsafe(path, e) from e
 
