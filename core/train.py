@@ -34,7 +34,7 @@ from .training_log import log_paths, plot_rewards, write_csv
 
 MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Config fields that do not change the optimisation (may differ between a run and its resumption).
-NON_RECIPE_FIELDS = ("micro_batch", "gradient_checkpointing", "save_every", "preview_every")
+NON_RECIPE_FIELDS = ("micro_batch", "gradient_checkpointing", "save_every", "preview_every", "preview_prompt")
 
 ProgressFn = Callable[[int, int, float, Optional[torch.Tensor]], None]
 

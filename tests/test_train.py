@@ -186,10 +186,11 @@ def test_micro_batching_does_not_change_the_result(backend, synthetic):
     assert all(abs(x["reward_mean"] - y["reward_mean"]) < 1e-4 for x, y in zip(a.log, b.log))
 
 
-def test_mixed_precision_keeps_fp32_master_and_previews(backend):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_keeps_fp32_master_and_previews(backend, precision):
     tiny = build_reward("tiny")
     previews = []
-    config = small_config(steps=2, mixed_precision="bf16", preview_every=2, preview_prompt="a lighthouse")
+    config = small_config(steps=2, mixed_precision=precision, preview_every=2, preview_prompt="a lighthouse")
     result = train_global(backend, tiny, TRAIN_PROMPTS, config,
                           TrainCallbacks(progress=lambda s, t, r, p: previews.append((s, p))))
     assert result.negative.dtype == torch.float32 and torch.isfinite(result.negative).all()
