@@ -1,5 +1,7 @@
 """``reneg train`` — learn a global negative embedding (paper defaults). Multi-GPU:
-``accelerate launch --multi_gpu --num_processes N -m reneg train ...`` (``--batch-size`` is the global batch)."""
+``accelerate launch --multi_gpu --num_processes N -m reneg train ...`` (``--batch-size`` is the global batch; the
+result does not depend on N or ``--micro-batch``). Several CPU processes (gloo): the same command plus
+``--device cpu`` (``accelerate launch --cpu`` alone starts a single process unless MPI is set up)."""
 from __future__ import annotations
 
 import argparse
