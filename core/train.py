@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,16 +262,33 @@ class _Trainer:
         if self.out is None:
             return
         if self.dist.is_main:
-            status = "complete" if final and self.step >= self.config.steps else "partial"
-            save_embedding(self.out, self.negative.detach().cpu(),
-                           **{**self.meta, "steps": self.step, "status": status,
-                              "skipped_steps": str(self.skipped), "recipe": self.config.recipe()})
-            save_state(state_path(self.out), self.state_dict())
-            csv_path, png_path = log_paths(self.out)
-            write_csv(self.log, csv_path)
-            plot_rewards(self.log, png_path, title=f"ReNeg: {self.meta.get('reward', '')} on "
-                                                   f"{self.meta.get('base_model', '')}")
+            self._write_files(final)
         self.dist.barrier()
+
+    def _write_files(self, final: bool) -> None:
+        status = "complete" if final and self.step >= self.config.steps else "partial"
+        save_embedding(self.out, self.negative.detach().cpu(),
+                       **{**self.meta, "steps": self.step, "status": status,
+                          "skipped_steps": str(self.skipped), "recipe": self.config.recipe()})
+        save_state(state_path(self.out), self.state_dict())
+        csv_path, png_path = log_paths(self.out)
+        write_csv(self.log, csv_path)
+        plot_rewards(self.log, png_path, title=f"ReNeg: {self.meta.get('reward', '')} on "
+                                               f"{self.meta.get('base_model', '')}")
+
+    def _save_after_error(self) -> None:
+        """On a crash (out of memory, a host exception) keep the last completed step as a resumable partial file."""
+        if self.out is None or not self.dist.is_main or self.step == 0:
+            return
+        step, generator_state = getattr(self, "_step_start", (None, None))
+        if step == self.step:  # failed inside a step: rewind its draw so a resume replays it exactly
+            self.generator.set_state(generator_state)
+        try:
+            self._write_files(final=False)
+            print(f"[ReNeg] training failed at step {self.step}; partial embedding and state saved to {self.out} "
+                  "(resume with --resume).", file=sys.stderr)
+        except Exception as exc:  # never hide the original error behind a save error
+            print(f"[ReNeg] could not save the partial embedding after the failure: {exc}", file=sys.stderr)
 
     # ----------------------------------------------------------------- steps
     def _objective_chunk(self, draw: StepDraw, lo: int, hi: int) -> torch.Tensor:
@@ -336,17 +354,22 @@ class _Trainer:
     def run(self) -> TrainResult:
         cfg, cb = self.config, self.callbacks
         stopped = False
-        while self.step < cfg.steps:
-            if self.dist.any(bool(cb.should_stop and cb.should_stop())):
-                stopped = True
-                break
-            row = self.train_step()
-            due = lambda every: every > 0 and self.step % every == 0  # noqa: E731
-            if self.dist.is_main and cb.progress is not None:
-                preview = self.preview() if due(cfg.preview_every) else None
-                cb.progress(self.step, cfg.steps, row["reward_mean"], preview)
-            if due(cfg.save_every) and self.step < cfg.steps:
-                self.save(final=False)
+        try:
+            while self.step < cfg.steps:
+                if self.dist.any(bool(cb.should_stop and cb.should_stop())):
+                    stopped = True
+                    break
+                self._step_start = (self.step, self.generator.get_state())
+                row = self.train_step()
+                due = lambda every: every > 0 and self.step % every == 0  # noqa: E731
+                if self.dist.is_main and cb.progress is not None:
+                    preview = self.preview() if due(cfg.preview_every) else None
+                    cb.progress(self.step, cfg.steps, row["reward_mean"], preview)
+                if due(cfg.save_every) and self.step < cfg.steps:
+                    self.save(final=False)
+        except Exception:  # a crash (e.g. out of memory): keep what was learned, then re-raise
+            self._save_after_error()
+            raise
         self.save(final=True)
         return TrainResult(self.negative.detach().cpu().clone(), self.step, cfg.steps, self.skipped, stopped,
                            list(self.log), self.out)

@@ -67,10 +67,14 @@ def test_training_beats_null_text_on_held_out_prompts(backend, synthetic):
         assert all(p.grad is None and not p.requires_grad for p in module.parameters())
 
 
+class SimulatedKill(BaseException):
+    """Stands for SIGKILL / power loss: nothing in the process gets to react (the trainer only handles Exception)."""
+
+
 def _crash_at(step_to_crash: int):
     def progress(step, total, reward, preview):
         if step == step_to_crash:
-            raise RuntimeError("simulated kill")
+            raise SimulatedKill("simulated kill")
     return progress
 
 
@@ -79,7 +83,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(backend, synthetic, tmp_pat
     full = train_global(backend, synthetic, TRAIN_PROMPTS, config, out=tmp_path / "full.safetensors")
 
     out = tmp_path / "killed.safetensors"
-    with pytest.raises(RuntimeError, match="simulated kill"):  # dies after step 3; last checkpoint: step 2
+    with pytest.raises(SimulatedKill):  # dies after step 3; last checkpoint: step 2
         train_global(backend, synthetic, TRAIN_PROMPTS, config, TrainCallbacks(progress=_crash_at(3)), out=out)
     saved = torch.load(state_path(out), weights_only=True)
     assert saved["step"] == 2 and load_embedding(out).metadata["status"] == "partial"
@@ -97,6 +101,31 @@ def test_killed_and_resumed_run_equals_uninterrupted(backend, synthetic, tmp_pat
     with open(tmp_path / "killed.log.csv") as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5]
     assert (tmp_path / "killed.rewards.png").stat().st_size > 0
+
+
+class _FailingReward:
+    """Delegates to a reward but raises (like CUDA out-of-memory) on its ``fail_on``-th call."""
+
+    def __init__(self, inner, fail_on: int):
+        self.inner, self.fail_on, self.calls, self.name = inner, fail_on, 0, inner.name
+
+    def score(self, images, prompts):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise torch.OutOfMemoryError("simulated out of memory")
+        return self.inner.score(images, prompts)
+
+
+def test_error_inside_a_step_saves_the_last_completed_step_and_resume_is_exact(backend, synthetic, tmp_path):
+    config = small_config(steps=4, save_every=0)  # 2 micro-batches per step: the 6th call is inside step 3
+    full = train_global(backend, synthetic, TRAIN_PROMPTS, config)
+    out = tmp_path / "oom.safetensors"
+    with pytest.raises(torch.OutOfMemoryError):
+        train_global(backend, _FailingReward(synthetic, fail_on=6), TRAIN_PROMPTS, config, out=out)
+    assert torch.load(state_path(out), weights_only=True)["step"] == 2
+    assert load_embedding(out).metadata["status"] == "partial"
+    resumed = train_global(backend, synthetic, TRAIN_PROMPTS, config, out=out, resume=True)
+    assert resumed.step == 4 and torch.equal(resumed.negative, full.negative)
 
 
 def test_should_stop_saves_partial_embedding_and_resume_finishes_equal(backend, synthetic, tmp_path):
