@@ -56,30 +56,13 @@ def tensor_to_pil(images: torch.Tensor):
 
 
 def curve_image(rewards: Sequence[float], title: str = "ReNeg training reward", size=(640, 360)):
-    """Reward per step and a moving average, as a PIL image (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    """Reward per step and a moving average, as a PIL image (the core's reward-curve figure)."""
     from PIL import Image
 
-    from ..core.training_log import moving_average
+    from ..core.training_log import reward_curve_figure
 
-    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
-    ax = fig.add_subplot(111)
-    values = [float(r) for r in rewards]
-    steps = list(range(1, len(values) + 1))
-    if values:
-        ax.plot(steps, values, lw=0.7, alpha=0.5, label="batch mean")
-        ax.plot(steps, moving_average(values, max(1, len(values) // 20)), lw=2.0, label="moving average")
-        ax.legend(loc="lower right")
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    reward_curve_figure(rewards, title, size).savefig(buf, format="png")
     buf.seek(0)
     return Image.open(buf).convert("RGB")
 

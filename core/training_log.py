@@ -5,7 +5,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from .embedding_io import atomic_write
 
@@ -39,24 +39,31 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_rewards(rows: list[dict], path: str | Path, title: Optional[str] = None) -> Path:
-    """Reward per step (thin) and its moving average (thick) as a PNG."""
+def reward_curve_figure(rewards: Sequence[float], title: Optional[str] = None, size: tuple[int, int] = (700, 400),
+                        steps: Optional[Sequence[int]] = None):
+    """A matplotlib ``Figure``: reward per step (thin) and its moving average (thick). No pyplot, Agg only."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    steps = [int(r["step"]) for r in rows]
-    rewards = [float(r["reward_mean"]) for r in rows]
-    fig = Figure(figsize=(7, 4), dpi=100)
+    values = [float(r) for r in rewards]
+    xs = list(steps) if steps is not None else list(range(1, len(values) + 1))
+    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
     ax = fig.add_subplot(111)
-    if rows:
-        ax.plot(steps, rewards, lw=0.6, alpha=0.45, label="batch mean reward")
-        ax.plot(steps, moving_average(rewards, max(1, len(rows) // 20)), lw=2.0, label="moving average")
+    if values:
+        ax.plot(xs, values, lw=0.6, alpha=0.45, label="batch mean reward")
+        ax.plot(xs, moving_average(values, max(1, len(values) // 20)), lw=2.0, label="moving average")
         ax.legend(loc="lower right")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("reward")
     ax.set_title(title or "ReNeg training reward")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot_rewards(rows: list[dict], path: str | Path, title: Optional[str] = None) -> Path:
+    """The training log's reward curve as a PNG (written atomically)."""
+    fig = reward_curve_figure([r["reward_mean"] for r in rows], title, steps=[int(r["step"]) for r in rows])
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

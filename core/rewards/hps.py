@@ -14,20 +14,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from collections import OrderedDict
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import RenegError
+from .cosine import CosineReward
 from .preprocess import OPENAI_MEAN, OPENAI_STD, check_images, hps_preprocess
 from .weights import freeze, load_state_dict_file, resolve_file
 
 HPS_REPO = "xswu/HPSv2"
 HPS_FILES = {"hpsv2.1": "HPS_v2.1_compressed.pt", "hpsv2": "HPS_v2_compressed.pt"}
 HPS_ARCH = "ViT-H-14"
-_TEXT_CACHE_SIZE = 1024
 
 
 @contextlib.contextmanager
@@ -72,7 +71,7 @@ def build_open_clip(arch: str | Mapping[str, Any], state_dict: Mapping[str, torc
     return freeze(model)
 
 
-class OpenClipReward:
+class OpenClipReward(CosineReward):
     """``scale * cosine(image, text)`` of any open_clip CLIP (HPSv2 when wrapping the HPS ViT-H-14).
 
     Images go through ``preprocess(images, size)`` (default: HPS resize-longest + zero-pad + OpenAI
@@ -83,6 +82,7 @@ class OpenClipReward:
     def __init__(self, model: nn.Module, tokenizer: Callable[[Sequence[str]], torch.Tensor], name: str,
                  scale: float = 100.0,
                  preprocess: Callable[..., torch.Tensor] = hps_preprocess) -> None:
+        super().__init__()
         self.model = freeze(model)
         self.tokenizer = tokenizer
         self.name = name
@@ -90,57 +90,18 @@ class OpenClipReward:
         self.preprocess = preprocess
         size = model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def logit_scale(self) -> float:
+        return self.scale
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "OpenClipReward":
-        self.model.to(device=device, dtype=dtype)
-        self._text_cache.clear()
-        return self
-
-    @torch.no_grad()
-    def text_features(self, prompts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised text features ``[len(prompts), D]`` (cached per prompt)."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
-        if missing:
-            tokens = self.tokenizer(missing).to(self.device)
-            feats = self.model.encode_text(tokens, normalize=True)
-            for p, f in zip(missing, feats):
-                self._text_cache[p] = f
-        for p in prompts:
-            self._text_cache.move_to_end(p)
-        while len(self._text_cache) > max(_TEXT_CACHE_SIZE, len(prompts)):
-            self._text_cache.popitem(last=False)
-        return torch.stack([self._text_cache[p] for p in prompts])
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image features ``[B, D]`` of ``[0, 1]`` images; differentiable."""
         check_images(images)
         x = self.preprocess(images.to(self.device, torch.float32), self.image_size, OPENAI_MEAN, OPENAI_STD)
         return self.model.encode_image(x.to(self.dtype), normalize=True)
-
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        prompts = _match_prompts(prompts, images.shape[0])
-        img = self.image_features(images)
-        txt = self.text_features(prompts)
-        return self.scale * (img.float() * txt.float()).sum(-1)
-
-
-def _match_prompts(prompts: Sequence[str] | str, batch: int) -> list[str]:
-    """One prompt per image; a single prompt is broadcast."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if len(prompts) == 1:
-        prompts = prompts * batch
-    if len(prompts) != batch:
-        raise RenegError(f"Got {batch} images but {len(prompts)} prompts; pass one prompt or one per image.")
-    return prompts
 
 
 def load_hps(version: str = "hpsv2.1", weights: str | os.PathLike | None = None, device: str | torch.device = "cpu",
