@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -258,7 +259,7 @@ def make_grid(grid: dict[tuple[int, str], torch.Tensor], rows: list[int], labels
     for r, i in enumerate(rows):
         y = top + r * (cell + pad)
         text = items[i].text
-        lines = [text[k:k + 34] for k in range(0, min(len(text), 34 * 8), 34)]
+        lines = textwrap.wrap(text, 34, break_long_words=True)[:8]
         draw.multiline_text((6, y + 4), "\n".join(lines), fill="black")
         for c, label in enumerate(labels):
             if (i, label) in grid:
