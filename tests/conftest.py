@@ -27,6 +27,12 @@ def tiny_backend():
 
 
 @pytest.fixture(scope="session")
+def backend(tiny_backend):
+    """The default test model (``tiny``) under a short name."""
+    return tiny_backend
+
+
+@pytest.fixture(scope="session")
 def tiny_v_backend():
     from reneg.core.tiny_models import load_tiny_backend
 

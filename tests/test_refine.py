@@ -10,16 +10,10 @@ from reneg.core.errors import IncompatibleEmbeddingError, RenegError
 from reneg.core.objective import reneg_objective
 from reneg.core.refine import refine_negative, refinement_step_index
 from reneg.core.rewards import build_reward
-from reneg.core.tiny_models import load_tiny_backend
 from reneg.core.train import batch_latents, render
 
 KW = dict(num_inference_steps=3, height=64, width=64)
 PROMPTS = ["a cat", "a lighthouse at dusk", "portrait of an old man", "a bowl of fruit"]
-
-
-@pytest.fixture(scope="module")
-def backend():
-    return load_tiny_backend("tiny")
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,6 @@ HELD_OUT = ["a bird on a branch", "a mountain lake", "a bowl of fruit", "a city 
 
 
 @pytest.fixture(scope="module")
-def backend():
-    return load_tiny_backend("tiny")
-
-
-@pytest.fixture(scope="module")
 def synthetic():
     return build_reward("synthetic")
 
