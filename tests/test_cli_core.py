@@ -97,3 +97,32 @@ def test_python_dash_m_entry_point():
     assert res.returncode == 0, res.stderr
     for cmd in ("info", "convert", "generate", "download", "train", "refine", "evaluate"):
         assert cmd in res.stdout
+
+
+def test_generate_from_a_local_diffusers_folder_equals_tiny(tmp_path, monkeypatch):
+    from reneg.core.tiny_models import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("tiny", tmp_path / "sd-folder")
+    common = ["--prompt", "a red kite", "--seed", "3", "--steps", "4", "--width", "64", "--height", "64"]
+    assert main(["generate", "--model", str(folder), *common, "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["generate", "--model", "tiny", *common, "--out", str(tmp_path / "b.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))
+
+
+@pytest.mark.parametrize("kind", ["folder", "bad-file", "hub-id", "nonsense"])
+def test_unloadable_models_give_one_clear_error(tmp_path, monkeypatch, capsys, kind):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if kind == "folder":
+        model = tmp_path
+    elif kind == "bad-file":
+        model = tmp_path / "broken.safetensors"
+        model.write_bytes(b"not a checkpoint")
+    elif kind == "hub-id":
+        model = "someone/not-cached-model"
+    else:
+        model = "./no/such/path"
+    rc = main(["generate", "--model", str(model), "--prompt", "x", "--out", str(tmp_path / "x.png")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reneg generate: error:") and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
