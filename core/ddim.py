@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import torch
 
 from .embedding_io import broadcast_negative, check_compatible
+from .errors import ImageSizeError
 from .model_boundary import DiffusionBackend
 
 #: diffusers' SD1.x/SD2.x DDIM settings, used when a backend brings only its ``alphas_cumprod``.
@@ -138,7 +139,8 @@ def initial_latents(backend: DiffusionBackend, batch: int, height: int, width: i
 
     f = backend.vae_scale_factor
     if height % f or width % f:
-        raise ValueError(f"height and width must be multiples of {f} (got {height}x{width}).")
+        raise ImageSizeError(f"Image height and width must be multiples of {f} (got {height}x{width}); use e.g. "
+                             f"{max(f, height // f * f)}x{max(f, width // f * f)}.")
     shape = (batch, backend.latent_channels, height // f, width // f)
     gen = torch.Generator("cpu").manual_seed(int(seed))
     return randn_tensor(shape, generator=gen, device=backend.device, dtype=dtype)

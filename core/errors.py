@@ -16,3 +16,7 @@ class UnsafeFileError(RenegError):
 
 class MissingWeightsError(RenegError):
     """Model or reward weights are not available locally and cannot be downloaded."""
+
+
+class ImageSizeError(RenegError, ValueError):
+    """An image height/width the model cannot produce (not a multiple of the VAE's downscale factor)."""

@@ -126,3 +126,12 @@ def test_unloadable_models_give_one_clear_error(tmp_path, monkeypatch, capsys, k
     err = capsys.readouterr().err
     assert err.startswith("reneg generate: error:") and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_image_size_not_a_multiple_of_8_is_one_clear_error(tmp_path, capsys):
+    rc = main(["generate", "--model", "tiny", "--prompt", "x", "--steps", "2", "--width", "60", "--height", "64",
+               "--out", str(tmp_path / "x.png")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "multiples of 8 (got 64x60)" in err and "64x56" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
