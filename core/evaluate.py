@@ -121,7 +121,7 @@ class EvalResult:
         out = []
         for m in self.metrics:
             for neg in self.negatives:
-                for g in [*self.groups, ALL, MEAN_OF_GROUPS]:
+                for g in dict.fromkeys([*self.groups, ALL, MEAN_OF_GROUPS]):  # an ungrouped set's group is 'all'
                     if g not in self.means[m][neg]:
                         continue
                     n = sum(1 for r in self.rows if r["negative"] == neg and (g in (ALL, MEAN_OF_GROUPS)

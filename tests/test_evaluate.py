@@ -111,3 +111,15 @@ def test_evaluate_stop_and_input_errors(backend):
         evaluate_negatives(backend, {"sd2": torch.zeros(1, 77, 1024)}, ITEMS, metrics, CONFIG)
     with pytest.raises(RenegError, match="metric"):
         evaluate_negatives(backend, {"null": null}, ITEMS, {}, CONFIG)
+
+
+def test_ungrouped_prompts_give_one_summary_row_per_negative_and_metric(backend, tmp_path):
+    """A plain .txt prompt file has the single group 'all': summary.csv must not list it twice."""
+    items = [PromptItem("a cat"), PromptItem("a dog")]
+    config = EvalConfig(num_inference_steps=2, height=64, width=64, grid_prompts=1, grid_thumb=64)
+    res = evaluate_negatives(backend, {"null": backend.encode_prompts([""]).float()}, items,
+                             {"tiny": build_reward("tiny")}, config, out_dir=tmp_path)
+    assert res.groups == [ALL]
+    with open(tmp_path / "summary.csv") as fh:
+        groups = [r["group"] for r in csv.DictReader(fh)]
+    assert groups == [ALL, MEAN_OF_GROUPS]
