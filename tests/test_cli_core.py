@@ -135,3 +135,14 @@ def test_image_size_not_a_multiple_of_8_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "multiples of 8 (got 64x60)" in err and "64x56" in err and "Traceback" not in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_every_subcommand_option_has_help_and_a_description():
+    from reneg.core.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        assert parser.description, f"reneg {name} --help has no description"
+        undocumented = [a.option_strings[0] if a.option_strings else a.dest for a in parser._actions
+                        if not a.help and a.dest != "help"]
+        assert not undocumented, f"reneg {name}: options without help: {undocumented}"

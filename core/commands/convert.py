@@ -5,7 +5,9 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("convert", help="convert a released .bin / plain .safetensors to ReNeg .safetensors")
+    p = sub.add_parser("convert", help="convert a released .bin / plain .safetensors to ReNeg .safetensors",
+                       description="Convert a released .bin/.pt or a single-tensor .safetensors file to the "
+                                   "ReNeg .safetensors format (tensor + metadata).")
     p.add_argument("src", help="source embedding (.bin/.pt/.pth/.safetensors); pickles that run code are refused")
     p.add_argument("dst", help="destination .safetensors")
     p.add_argument("--base-model", default="", help="base model recorded in the metadata (e.g. sd1.5)")

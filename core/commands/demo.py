@@ -9,7 +9,9 @@ from .reward_args import add_reward_weights_arg
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="learn a negative, refine it for a prompt, compare images (main job)")
+    p = sub.add_parser("demo", help="learn a negative, refine it for a prompt, compare images (main job)",
+                       description="Train a global negative, refine it for one prompt and compare null / global / "
+                                   "refined on held-out prompts: grid.png, bars.png, results.json in --out.")
     p.add_argument("--model", default=os.environ.get("RENEG_MODEL", "tiny"),
                    help="'tiny' (random test model, default), an SD1.x/SD2.x folder, checkpoint or hub id "
                         "(default from $RENEG_MODEL)")
@@ -17,10 +19,11 @@ def register(sub) -> None:
     add_reward_weights_arg(p)
     p.add_argument("--train-steps", type=int, default=None,
                    help="global training steps (default: 25 on tiny; 0 on real models = use the released embedding)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None)
-    p.add_argument("--out", default="outputs/demo", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="network dtype (default: fp16 on cuda, fp32 on cpu)")
+    p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     p.set_defaults(func=run)
 
 

@@ -5,7 +5,9 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("download", help="download the authors' released embeddings (sha256-verified)")
+    p = sub.add_parser("download", help="download the authors' released embeddings (sha256-verified)",
+                       description="Download the authors' released ReNeg embeddings from their GitHub repository; "
+                                   "the sha256 is checked before the file appears.")
     p.add_argument("name", nargs="?", help="sd1.4, sd1.5, sd2.1 or pixart-alpha (omit with --list/--all)")
     p.add_argument("--all", action="store_true", help="download every released embedding")
     p.add_argument("--list", action="store_true", help="list the registry and exit")

@@ -7,18 +7,20 @@ from .common import add_model_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate image(s) with a negative embedding (or negative prompt)")
+    p = sub.add_parser("generate", help="generate image(s) with a negative embedding (or negative prompt)",
+                       description="CFG-DDIM text-to-image with a negative embedding or negative prompt "
+                                   "(equals diffusers' StableDiffusionPipeline + DDIMScheduler).")
     add_model_args(p)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="positive prompt")
     neg = p.add_mutually_exclusive_group()
     neg.add_argument("--negative", default=None, help="negative embedding file (default: the null text)")
     neg.add_argument("--negative-prompt", default=None, help="plain negative prompt text instead of an embedding")
     p.add_argument("--seed", type=int, default=0, help="seed; x_T drawn like diffusers (CPU generator)")
-    p.add_argument("--steps", type=int, default=30, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--steps", type=int, default=30, help="DDIM steps (default 30)")
+    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale (default 7.5)")
+    p.add_argument("--width", type=int, default=512, help="a multiple of 8 (default 512)")
+    p.add_argument("--height", type=int, default=512, help="a multiple of 8 (default 512)")
+    p.add_argument("--batch-size", type=int, default=1, help="images to generate (default 1)")
     p.add_argument("--out", default="reneg.png", help="PNG path (-i suffix per image when batch > 1)")
     p.set_defaults(func=run)
 

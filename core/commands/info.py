@@ -6,7 +6,8 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="print shape, dtype, family, sha256 and metadata of an embedding as JSON")
+    p = sub.add_parser("info", help="print shape, dtype, family, sha256 and metadata of an embedding as JSON",
+                       description="Print shape, dtype, family, sha256 and metadata of an embedding file as JSON.")
     p.add_argument("file", help="negative embedding (.bin/.pt/.safetensors)")
     p.set_defaults(func=run)
 

@@ -13,21 +13,23 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--reward", required=True, help="reward name or mix, e.g. hpsv2.1")
     add_reward_weights_arg(p)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="the positive prompt to refine the negative for")
     p.add_argument("--init", default=None, help="starting negative embedding (default: the null-text embedding)")
     p.add_argument("--out", required=True, help="refined embedding (.safetensors)")
     p.add_argument("--image", default=None, help="also render the final image (best embedding, same seed) to PNG")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=10)
-    p.add_argument("--patience", type=int, default=3, help="stop after N iterates without improvement")
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--ddim-steps", "--steps", dest="ddim_steps", type=int, default=30)
-    p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0, help="seed of x_T, as in `reneg generate --seed` (default 0)")
+    p.add_argument("--max-steps", type=int, default=10, help="gradient steps at most (default 10)")
+    p.add_argument("--patience", type=int, default=3, help="stop after N iterates without improvement (default 3)")
+    p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 5e-3)")
+    p.add_argument("--ddim-steps", "--steps", dest="ddim_steps", type=int, default=30, help="DDIM steps (default 30)")
+    p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=float, default=7.5,
+                   help="CFG scale (default 7.5)")
     p.add_argument("--step-index", type=int, default=None,
                    help="DDIM step the reward is taken at (default: drawn from the last 10 with the seed)")
     p.add_argument("--height", type=int, default=None, help="default: the model's native size")
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
+                   help="autocast dtype (default no)")
     p.set_defaults(func=run)
 
 
