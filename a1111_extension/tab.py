@@ -99,7 +99,7 @@ def on_ui_tabs():
                     create_refresh_button(start_from, lambda: None, lambda: {"choices": _start_choices()},
                                           "reneg_train_start_refresh")
                 with gr.Row():
-                    resume = gr.Checkbox(False, label="Resume from <name>.state", elem_id="reneg_train_resume")
+                    resume = gr.Checkbox(False, label="Resume from <name>.safetensors.state", elem_id="reneg_train_resume")
                     overwrite = gr.Checkbox(False, label="Overwrite an existing run", elem_id="reneg_train_overwrite")
                 with gr.Row():
                     steps = gr.Number(label="Steps", value=1000, precision=0, elem_id="reneg_train_steps")
