@@ -96,6 +96,8 @@ def _as_embedding_tensor(obj: Any, path: Path) -> torch.Tensor:
 def load_embedding(path: str | os.PathLike) -> NegativeEmbedding:
     """Load a negative embedding from a released pickle, a single-tensor or a ReNeg ``.safetensors``."""
     p = Path(path)
+    if p.is_dir():
+        raise RenegError(f"{p} is a folder, not a negative embedding file; name a .safetensors/.bin/.pt file in it.")
     if not p.is_file():
         raise RenegError(f"Negative embedding not found: {p}. Check the path (or run `reneg download`).")
     if p.suffix.lower() == ".safetensors":

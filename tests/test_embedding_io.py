@@ -132,3 +132,8 @@ def test_saved_files_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (out.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(RenegError, match="is a folder, not a negative embedding file"):
+        eio.load_embedding(tmp_path)
