@@ -375,6 +375,19 @@ class _Trainer:
                            list(self.log), self.out)
 
 
+def check_output(out: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+    """The output-path errors of :func:`train_global` (hosts call it before loading models, to fail fast)."""
+    out_path = Path(out)
+    if out_path.suffix.lower() != ".safetensors":
+        raise RenegError(f"{out_path}: the output embedding must be a .safetensors file.")
+    spath = state_path(out_path)
+    if resume and not spath.is_file():
+        raise RenegError(f"No training state at {spath}; nothing to resume. Start without --resume.")
+    if not resume and not overwrite and spath.exists():
+        raise RenegError(f"{spath} exists (a previous run of {out_path.name}). Resume it (--resume), or "
+                         "delete it / pass --overwrite to start over.")
+
+
 def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[str], config: TrainConfig,
                  callbacks: Optional[TrainCallbacks] = None, *, init_negative: Optional[torch.Tensor] = None,
                  out: Optional[str | Path] = None, resume: bool = False, overwrite: bool = False,
@@ -396,8 +409,8 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
     out_path = Path(out) if out is not None else None
     if out_path is None and (config.save_every or resume):
         raise RenegError("Checkpoints (save_every/resume) need an output path.")
-    if out_path is not None and out_path.suffix.lower() != ".safetensors":
-        raise RenegError(f"{out_path}: the output embedding must be a .safetensors file.")
+    if out_path is not None:
+        check_output(out_path, resume, overwrite)
     meta = {"base_model": backend.name, "reward": getattr(reward, "name", type(reward).__name__),
             "processes": str(dist.world_size), **{k: str(v) for k, v in (metadata or {}).items()}}
     trainer = _Trainer(backend, reward, prompts, config, callbacks or TrainCallbacks(), dist, out_path,
@@ -406,9 +419,6 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
         spath = state_path(out_path)
         if resume:
             trainer.load_state_dict(load_state(spath), str(spath))
-        elif spath.exists() and not overwrite:
-            raise RenegError(f"{spath} exists (a previous run of {out_path.name}). Resume it (--resume), or "
-                             "delete it / pass --overwrite to start over.")
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(backend)
     return trainer.run()

@@ -103,3 +103,21 @@ def test_ctrl_c_saves_a_resumable_partial_embedding(tmp_path, prompts):
     assert saved.metadata["status"] == "partial" and int(saved.metadata["steps"]) >= 1
     state = torch.load(tmp_path / "neg.safetensors.state", weights_only=True)
     assert state["step"] == int(saved.metadata["steps"])
+
+
+def test_train_output_errors_come_before_any_model_is_loaded(tmp_path, prompts, monkeypatch, capsys):
+    from reneg.core import diffusers_backend
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(diffusers_backend, "load_backend", no_model)
+    base = ["train", "--model", "tiny", "--reward", "tiny", "--prompts", str(prompts)]
+    assert main([*base, "--out", str(tmp_path / "x.bin")]) == 2
+    assert "must be a .safetensors file" in capsys.readouterr().err
+    out = tmp_path / "x.safetensors"
+    assert main([*base, "--out", str(out), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    (tmp_path / "x.safetensors.state").write_bytes(b"")
+    assert main([*base, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err

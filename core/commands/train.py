@@ -59,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from ..distributed import init_distributed
     from ..embedding_io import load_embedding
     from ..prompts import load_prompts
-    from ..train import TrainCallbacks, TrainConfig, default_resolution, train_global
+    from ..train import TrainCallbacks, TrainConfig, check_output, default_resolution, train_global
     from .common import resolve_device, resolve_dtype, save_images
     from .reward_args import build_reward_from_args
 
     prompts = load_prompts(args.prompts)  # fail fast, before loading models
+    check_output(args.out, args.resume, args.overwrite)
     init = load_embedding(args.init).tensor if args.init else None
     dist = init_distributed(args.device)
     device = dist.device if dist.world_size > 1 else resolve_device(args.device)
