@@ -140,6 +140,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
+def distinct_group_names(items: Sequence[PromptItem]) -> list[PromptItem]:
+    """Rename groups that clash with the summary keys (``all``, ``mean_of_groups``) when there are several groups.
+
+    A single group called ``all`` (an ungrouped prompt file) is the overall mean and stays as it is.
+    """
+    groups = set(it.group for it in items)
+    if len(groups) < 2 or not groups & {ALL, MEAN_OF_GROUPS}:
+        return list(items)
+    return [PromptItem(it.text, f"{it.group} (group)") if it.group in (ALL, MEAN_OF_GROUPS) else it
+            for it in items]
+
+
 def summarise(result: EvalResult) -> None:
     """Fill ``means``, ``stds`` and ``win_rates`` from ``rows``."""
     for m in result.metrics:
@@ -184,6 +196,7 @@ def evaluate_negatives(backend: DiffusionBackend, negatives: Mapping[str, torch.
         raise RenegError("evaluate_negatives needs at least one prompt.")
     for label, tensor in negatives.items():
         check_compatible(tensor, backend.context_dim, where=f"model '{backend.name}' (negative {label})")
+    items = distinct_group_names(items)
     ipp = max(1, config.images_per_prompt)
     pairs = [(i, config.seed + i * ipp + j) for i in range(len(items)) for j in range(ipp)]
     groups = list(dict.fromkeys(it.group for it in items))

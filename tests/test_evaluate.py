@@ -123,3 +123,16 @@ def test_ungrouped_prompts_give_one_summary_row_per_negative_and_metric(backend,
     with open(tmp_path / "summary.csv") as fh:
         groups = [r["group"] for r in csv.DictReader(fh)]
     assert groups == [ALL, MEAN_OF_GROUPS]
+
+
+def test_a_group_named_all_beside_others_keeps_its_own_mean(backend):
+    """A prompt folder with all.txt next to photo.txt: the 'all' group must not overwrite the overall mean."""
+    items = [PromptItem("a cat", "all"), PromptItem("a dog", "photo"), PromptItem("a car", "photo")]
+    config = EvalConfig(num_inference_steps=2, height=64, width=64, grid_prompts=1, grid_thumb=64)
+    res = evaluate_negatives(backend, {"null": backend.encode_prompts([""]).float()}, items,
+                             {"synthetic": build_reward("synthetic")}, config)
+    assert res.groups == ["all (group)", "photo"]
+    means = res.means["synthetic"]["null"]
+    scores = {r["prompt"]: r["synthetic"] for r in res.rows}
+    assert means["all (group)"] == pytest.approx(scores["a cat"])
+    assert means[ALL] == pytest.approx(sum(scores.values()) / 3)
