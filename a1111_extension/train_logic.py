@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..core.errors import RenegError
+from ..core.images import to_pil_images as tensor_to_pil
 from ..core.prompts import load_prompts
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
@@ -45,14 +46,6 @@ def output_path(folder: str | Path, name: str, forbidden: Sequence[str | Path] =
             raise RenegError(f"{folder} is the webui's textual-inversion embeddings folder; ReNeg files there would "
                              "load as 77-vector textual inversions. Set another ReNeg folder in Settings → ReNeg.")
     return folder / f"{name}.safetensors"
-
-
-def tensor_to_pil(images: torch.Tensor):
-    """``[B,3,H,W]`` in [0,1] -> list of PIL images."""
-    from PIL import Image
-
-    arr = (images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-    return [Image.fromarray(a) for a in arr]
 
 
 def curve_image(rewards: Sequence[float], title: str = "ReNeg training reward", size=(640, 360)):

@@ -13,17 +13,15 @@ from typing import Callable, Optional
 
 import torch
 
+from ..core.images import to_pil_images
+
 #: Longest side of preview images sent to the browser.
 PREVIEW_SIZE = 512
 
 
 def tensor_to_pil(images: torch.Tensor):
     """First image of a BCHW (or CHW) float tensor in [0, 1] as a PIL RGB image."""
-    from PIL import Image
-
-    img = images[0] if images.dim() == 4 else images
-    arr = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr, "RGB")
+    return to_pil_images(images[:1] if images.dim() == 4 else images)[0]
 
 
 def bchw_to_comfy_image(images: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 
 from .embedding_io import atomic_write, check_compatible, load_embedding
 from .errors import RenegError
+from .images import save_png, to_pil_images
 from .model_boundary import DiffusionBackend
 from .prompts import PromptItem
 from .rewards.base import Reward
@@ -223,7 +224,7 @@ def evaluate_negatives(backend: DiffusionBackend, negatives: Mapping[str, torch.
                 if i in grid_rows and seed == config.seed + i * ipp:
                     grid[(i, label)] = _thumb(images[b], config.grid_thumb)
                 if out is not None and config.save_images:
-                    _save_png(images[b], out / "images" / _safe(label) / f"{i:05d}_{seed}.png")
+                    save_png(images[b], out / "images" / _safe(label) / f"{i:05d}_{seed}.png")
         if callback is not None:
             callback(min(start + len(chunk), len(pairs)), len(pairs))
     summarise(result)
@@ -245,18 +246,6 @@ def _thumb(image: torch.Tensor, size: int) -> torch.Tensor:
     return img[0].clamp(0, 1)
 
 
-def _to_pil(image: torch.Tensor):
-    from PIL import Image
-
-    arr = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr)
-
-
-def _save_png(image: torch.Tensor, path: Path) -> None:
-    pil = _to_pil(image)
-    atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
-
-
 def make_grid(grid: dict[tuple[int, str], torch.Tensor], rows: list[int], labels: list[str],
               items: Sequence[PromptItem], cell: int):
     """PIL image: header row of negative labels, then one row per prompt (its text on the left)."""
@@ -276,7 +265,7 @@ def make_grid(grid: dict[tuple[int, str], torch.Tensor], rows: list[int], labels
         draw.multiline_text((6, y + 4), "\n".join(lines), fill="black")
         for c, label in enumerate(labels):
             if (i, label) in grid:
-                canvas.paste(_to_pil(grid[(i, label)]), (left + c * (cell + pad), y))
+                canvas.paste(to_pil_images(grid[(i, label)])[0], (left + c * (cell + pad), y))
     return canvas
 
 

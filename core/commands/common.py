@@ -55,13 +55,9 @@ def resolve_negative(backend, negative_file: Optional[str], negative_prompt: Opt
 
 def save_images(images: torch.Tensor, out: str | Path) -> list[Path]:
     """Save ``[B,3,H,W]`` images in [0,1] as PNG(s), each atomically; ``out`` gets ``-i`` suffixes for B > 1."""
-    from diffusers.image_processor import VaeImageProcessor
-
-    from ..embedding_io import atomic_write
+    from ..images import save_png, to_pil_images
 
     out = Path(out)
-    pils = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(images.detach().float().cpu()))
+    pils = to_pil_images(images)
     paths = [out] if len(pils) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(pils))]
-    for pil, path in zip(pils, paths):
-        atomic_write(path, lambda tmp, pil=pil: pil.save(tmp, format="PNG"))
-    return paths
+    return [save_png(pil, path) for pil, path in zip(pils, paths)]
