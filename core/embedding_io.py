@@ -199,7 +199,7 @@ def _broken(path: Path, what: str) -> CorruptFileError:
                             "(`reneg download NAME` for the released ones) or check the path.")
 
 
-def _check_torch_zip(path: Path) -> None:
+def _check_torch_zip(path: Path, limits: bool = True) -> None:
     """Validate a torch zip archive by its directory alone: one data.pkl, storages within the limits, and a
     pickle that imports nothing but torch's tensor rebuilders."""
     try:
@@ -209,13 +209,15 @@ def _check_torch_zip(path: Path) -> None:
             if len(pkls) != 1:
                 raise _broken(path, "is a zip archive but not a torch tensor file (no single data.pkl inside)")
             pkl = pkls[0]
-            if pkl.file_size > MAX_PICKLE_BYTES:
+            if limits and pkl.file_size > MAX_PICKLE_BYTES:
                 raise FileTooLargeError(f"{path}: its pickle part is {pkl.file_size:,} bytes (limit "
                                         f"{MAX_PICKLE_BYTES:,}); a single embedding tensor needs a few hundred.")
             storage = sum(i.file_size for i in infos if "/data/" in i.filename)
-            if storage > MAX_ELEMENTS * 8:
+            if limits and storage > MAX_ELEMENTS * 8:
                 raise FileTooLargeError(f"{path}: declares {storage:,} bytes of tensor data (limit "
                                         f"{MAX_ELEMENTS * 8:,}: {MAX_ELEMENTS:,} values); not an embedding file.")
+            if pkl.file_size > 64 * MAX_PICKLE_BYTES:
+                raise FileTooLargeError(f"{path}: its pickle part is {pkl.file_size:,} bytes; not a weights file.")
             data = zf.read(pkl)
     except zipfile.BadZipFile as exc:
         raise _broken(path, f"is a damaged zip/torch archive ({clean_cause(exc)})") from exc
@@ -230,8 +232,10 @@ def _check_torch_zip(path: Path) -> None:
         raise _dangerous(path, bad)
 
 
-def _sniff_torch_file(path: Path) -> str:
-    """``"zip"`` or ``"legacy"`` for a torch file; a clear error for anything else (checked on the bytes)."""
+def sniff_torch_file(path: Path) -> str:
+    """``"zip"``, ``"legacy"`` (or ``"safetensors"``) for a torch file judged by its bytes without loading it; a
+    :class:`CorruptFileError` for HTML pages, Git-LFS pointers, text and random bytes, an
+    :class:`UnsafeFileError` for a pickle that would import code."""
     with open(path, "rb") as fh:
         head = fh.read(512)
         if head.startswith(b"PK\x03\x04"):
@@ -249,8 +253,14 @@ def _sniff_torch_file(path: Path) -> str:
             return "safetensors"  # a .safetensors file with a pickle extension
         fh.seek(0)
         ops, well_formed = _scan_first_pickle(fh)
-    names = [str(arg) for op, arg in ops if op in ("GLOBAL", "INST")] + \
-        ["(a stacked global)" for op, _ in ops if op == "STACK_GLOBAL"]
+    names, strings = [], []
+    for op, arg in ops:
+        if op in ("GLOBAL", "INST"):
+            names.append(str(arg))
+        elif op == "STACK_GLOBAL":
+            names.append(" ".join(strings[-2:]) or "a global")
+        elif isinstance(arg, str):
+            strings.append(arg)
     if well_formed and ops[0][0] == "PROTO" and any(op == "LONG1" and arg == _TORCH_LEGACY_MAGIC for op, arg in ops):
         return "legacy"
     if names or (well_formed and any(op in ("REDUCE", "OBJ", "NEWOBJ", "NEWOBJ_EX") for op, _ in ops)):
@@ -320,8 +330,17 @@ def _load_safetensors(p: Path) -> NegativeEmbedding:
     return NegativeEmbedding(_as_embedding_tensor(obj, p), {str(k): str(v) for k, v in metadata.items()}, str(p))
 
 
+def check_torch_file(path: Path) -> str:
+    """:func:`sniff_torch_file` plus, for zip archives, the import check of their pickle (no size limits):
+    for large weight files (reward checkpoints) that must not be embeddings-sized."""
+    kind = sniff_torch_file(path)
+    if kind == "zip":
+        _check_torch_zip(path, limits=False)
+    return kind
+
+
 def _load_torch(p: Path) -> NegativeEmbedding:
-    kind = _sniff_torch_file(p)
+    kind = sniff_torch_file(p)
     if kind == "safetensors":
         return _load_safetensors(p)
     if kind == "zip":

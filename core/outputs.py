@@ -63,12 +63,12 @@ def check_output_file(path: PathLike, *, overwrite: bool = False, inputs: Iterab
                       what: str = "output", suffix: Optional[str] = None, flag: str = OVERWRITE_FLAG) -> Path:
     """Raise :class:`OutputError` unless ``path`` may be written as a file now; return it (``~`` expanded)."""
     p = Path(path).expanduser()
-    if suffix is not None and p.suffix.lower() != suffix:
-        raise OutputError(f"{p}: the {what} must be a {suffix} file; change the extension.")
     for inp in inputs:
         if inp is not None and str(inp) and same_path(p, inp):
             raise OutputError(f"{p}: the {what} is also an input ({inp}); writing it would destroy the input. "
                               "Choose a different output path.")
+    if suffix is not None and p.suffix.lower() != suffix:
+        raise OutputError(f"{p}: the {what} must be a {suffix} file; change the extension.")
     if _lexists(p):
         try:
             mode = os.stat(p).st_mode

@@ -91,9 +91,8 @@ def image_paths(out: str | Path, count: int) -> list[Path]:
 
 def check_image_outputs(out: str | Path, count: int, *, overwrite: bool, inputs: Sequence = ()) -> list[Path]:
     """Every PNG an image-writing command will produce may be written (checked before any work)."""
-    if Path(out).suffix.lower() != ".png":
-        raise RenegError(f"{out}: images are saved as PNG; give a .png path.")
-    return [check_output_file(p, overwrite=overwrite, inputs=inputs, what="image") for p in image_paths(out, count)]
+    return [check_output_file(p, overwrite=overwrite, inputs=inputs, what="PNG image", suffix=".png")
+            for p in image_paths(out, count)]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
