@@ -72,6 +72,13 @@ def _os_error_message(exc: OSError) -> str:
     return f"{where}: {reason}." if where else f"{reason}."
 
 
+def _printable(text: str) -> str:
+    """One line without terminal escapes or control characters (file names and causes can hold them)."""
+    from .embedding_io import _ANSI
+
+    return " ".join(_ANSI.sub("", text).split("\n"))
+
+
 def _interrupted(name: str, signum: int) -> int:
     label = {int(signal.SIGINT): "interrupted (Ctrl-C)"}.get(signum, f"stopped by signal {signum}")
     print(f"reneg {name}: {label}", file=sys.stderr)
@@ -79,7 +86,7 @@ def _interrupted(name: str, signum: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    name = "?"
+    """Run ``reneg ARGV``; returns the exit code (see the module docstring)."""
     previous = install_termination_handlers()
     try:
         return _run(argv)
@@ -99,10 +106,10 @@ def _run(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         return _interrupted(name, int(signal.SIGINT))
     except RenegError as exc:
-        print(f"reneg {name}: error: {exc}", file=sys.stderr)
+        print(f"reneg {name}: error: {_printable(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"reneg {name}: error: {_os_error_message(exc)}", file=sys.stderr)
+        print(f"reneg {name}: error: {_printable(_os_error_message(exc))}", file=sys.stderr)
         return 2
     except MemoryError:
         print(f"reneg {name}: error: out of memory; use smaller batches (--micro-batch / --batch-size) or a "

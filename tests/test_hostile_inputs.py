@@ -569,3 +569,58 @@ def test_the_released_files_still_load_and_info_is_strict_json(released_dir, cap
     for f in sorted(released_dir.glob("*.bin")):
         assert main(["info", str(f)]) == 0
         json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"info printed {c}"))
+
+
+# ------------------------------------------------------------------------------------------------ download faults
+class _FakeResponse:
+    def __init__(self, blocks, fail=None):
+        self.blocks, self.fail, self.headers = list(blocks), fail, {"Content-Length": str(sum(map(len, blocks)))}
+
+    def read(self, n):
+        if self.blocks:
+            return self.blocks.pop(0)
+        if self.fail:
+            raise self.fail
+        return b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class _FullDisk:
+    def __init__(self, *a, **k):
+        pass
+
+    def write(self, b):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+DOWNLOAD_FAULTS = {
+    "connection-reset": (lambda: _FakeResponse([b"PK\x03\x04" + b"\0" * 100], ConnectionResetError(104, "reset")),
+                         None, ["could not download", "offline"]),
+    "wrong-content": (lambda: _FakeResponse([b"<html>captive portal</html>"]), None, ["sha256", "discarded"]),
+    "endless-stream": (lambda: _FakeResponse([b"\0" * (1 << 20)] * 70), None, ["sent more than"]),
+    "disk-full": (lambda: _FakeResponse([b"\0" * 1000]), _FullDisk, ["disk is full"]),
+}
+
+
+@pytest.mark.parametrize("fault", list(DOWNLOAD_FAULTS))
+def test_download_faults_leave_nothing_behind(tmp_path, capsys, monkeypatch, fault):
+    response, opener, words = DOWNLOAD_FAULTS[fault]
+    monkeypatch.setattr(released.urllib.request, "urlopen", lambda *a, **k: response())
+    if opener is not None:
+        monkeypatch.setattr(released, "open", opener, raising=False)
+    target = tmp_path / "dl"
+    target.mkdir()
+    rc, err = run(["download", "sd1.5", "--dir", target], capsys)
+    assert_one_clear_error(rc, err, *words)
+    assert list(target.iterdir()) == []
