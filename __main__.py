@@ -1,6 +1,10 @@
 """``python -m reneg`` (and ``accelerate launch -m reneg``) runs the CLI."""
-import sys
+try:
+    from .core.cli import entry_point
+except KeyboardInterrupt:  # Ctrl-C while Python loads the package
+    import sys
 
-from .core.cli import main
+    print("reneg: interrupted", file=sys.stderr)
+    sys.exit(130)
 
-sys.exit(main())
+entry_point()

@@ -25,18 +25,45 @@ def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+#: Keys a state must hold, with the types ``_Trainer.load_state_dict`` needs.
+REQUIRED = {"step": int, "skipped": int, "log": list, "negative": torch.Tensor, "optimizer": dict,
+            "lr_scheduler": dict, "generator": torch.Tensor, "recipe": str, "prompts_sha256": str}
+MAX_STATE_BYTES = 1 << 30
+
+
+def _unreadable(p: Path, why: str) -> RenegError:
+    return RenegError(f"{p}: unreadable training state ({why}). It cannot be resumed: delete it (or pass "
+                      "--overwrite) and start again without --resume.")
+
+
 def load_state(path: str | Path) -> dict[str, Any]:
+    """Read and check ``<out>.state``; every problem (missing, empty, truncated, foreign, old) is one error."""
+    from .embedding_io import clean_cause
+
     p = Path(path)
+    if p.is_dir():
+        raise RenegError(f"{p} is a folder, not a training state; remove it and start without --resume.")
     if not p.is_file():
         raise RenegError(f"No training state at {p}; nothing to resume. Start without --resume.")
+    size = p.stat().st_size
+    if size == 0:
+        raise _unreadable(p, "the file is empty (0 bytes), e.g. the disk was full when it was saved")
+    if size > MAX_STATE_BYTES:
+        raise _unreadable(p, f"{size:,} bytes is far more than a ReNeg state holds")
     try:
         state = torch.serialization.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RenegError(f"{p}: unreadable training state ({str(exc).splitlines()[0][:200]}). "
-                         "Delete it and start again without --resume.") from exc
+        raise _unreadable(p, clean_cause(exc)) from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise RenegError(f"{p}: not a ReNeg training state.")
+        raise RenegError(f"{p}: not a ReNeg training state; delete it or choose another output.")
     if state.get("version") != STATE_VERSION:
-        raise RenegError(f"{p}: training state version {state.get('version')} is not supported "
+        raise RenegError(f"{p}: training state version {state.get('version')!r} is not supported "
                          f"(expected {STATE_VERSION}).")
+    bad = [k for k, kind in REQUIRED.items() if not isinstance(state.get(k), kind)]
+    if bad:
+        raise _unreadable(p, f"missing or malformed entries: {', '.join(bad)}")
+    if state["step"] < 0 or not 0 <= state["skipped"] <= state["step"]:
+        raise _unreadable(p, f"inconsistent step counts (step {state['step']}, skipped {state['skipped']})")
+    if not bool(torch.isfinite(state["negative"]).all()):
+        raise _unreadable(p, "the saved embedding holds NaN/Inf")
     return state

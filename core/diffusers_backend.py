@@ -99,6 +99,28 @@ def _offline_hint(model: str) -> str:
             "(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5). For an offline test use --model tiny.")
 
 
+def check_model_index(folder: Path) -> None:
+    """A diffusers folder's ``model_index.json`` must be a readable JSON object naming its components."""
+    import json
+
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise RenegError(f"{folder} is a folder without model_index.json: not a diffusers model folder.")
+    try:
+        if index.stat().st_size > 1 << 20:
+            raise ValueError("over 1 MB")
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RenegError(f"{index} is not valid JSON ({str(exc)[:200] or type(exc).__name__}); the model folder is "
+                         "damaged: download it again.") from exc
+    missing = [k for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+               if not (isinstance(data, dict) and isinstance(data.get(k), list) and len(data[k]) == 2
+                       and all(isinstance(x, (str, type(None))) for x in data[k]))]
+    if missing:
+        raise RenegError(f"{index} does not describe a Stable Diffusion pipeline (missing or malformed: "
+                         f"{', '.join(missing)}); the model folder is damaged or not an SD1.x/SD2.x model.")
+
+
 def load_backend(model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
                  ) -> DiffusersBackend:
     """Load a backend by name: ``tiny``, ``tiny-v``, a local folder, a single-file checkpoint or a hub id."""
@@ -113,8 +135,7 @@ def load_backend(model: str, device: str | torch.device = "cpu", dtype: torch.dt
     kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
     try:
         if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise RenegError(f"{path} is a folder without model_index.json: not a diffusers model folder.")
+            check_model_index(path)
             pipe = StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
         elif path.is_file():
             if path.suffix.lower() not in (".safetensors", ".ckpt"):
@@ -126,6 +147,6 @@ def load_backend(model: str, device: str | torch.device = "cpu", dtype: torch.dt
             raise RenegError(f"Model '{model}' not found: no such file or folder, and not a hub id (owner/name).")
     except RenegError:
         raise
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError, EnvironmentError, KeyError, TypeError, AttributeError) as exc:
         raise MissingWeightsError(f"{_offline_hint(model)}\nCause: {str(exc).splitlines()[0][:300]}") from exc
     return _from_pipeline(pipe, name=model).to(device=device)

@@ -18,7 +18,8 @@ def to_pil_images(images: torch.Tensor) -> list:
     return [Image.fromarray(a, "RGB") for a in arr]
 
 
-def save_png(image, path: str | Path) -> Path:
-    """Write one image (PIL, or a ``[3,H,W]``/``[1,3,H,W]`` tensor) as PNG, atomically."""
+def save_png(image, path: str | Path, overwrite: bool = True) -> Path:
+    """Write one image (PIL, or a ``[3,H,W]``/``[1,3,H,W]`` tensor) as PNG, atomically (an existing file is only
+    replaced with ``overwrite``)."""
     pil = to_pil_images(image)[0] if isinstance(image, torch.Tensor) else image
-    return atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"), overwrite=overwrite)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -23,6 +24,7 @@ from .errors import RenegError
 PROMPT_KEYS = ("prompt", "caption", "text")
 GROUP_KEYS = ("style", "group", "category")
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".tsv")
+MAX_PROMPT_FILE_BYTES = 256 * 1024 * 1024
 
 HPSV2_REPO = "zhwang/HPDv2"
 HPSV2_STYLES = ("anime", "concept-art", "paintings", "photo")
@@ -52,16 +54,34 @@ def _from_record(record: object, where: str, default_group: str) -> Optional[Pro
             raise RenegError(f"{where}: record has no prompt field (one of {', '.join(PROMPT_KEYS)}); "
                              f"keys found: {sorted(lower)}.")
         text = lower[key]
-        group = next((str(lower[k]) for k in GROUP_KEYS if lower.get(k) not in (None, "")), default_group)
-        return PromptItem(_clean(text), _clean(group)) if str(text).strip() else None
+        if not isinstance(text, str):
+            raise RenegError(f"{where}: the {key!r} field is {_kind(text)}, not text. Give every record a prompt "
+                             f"string (or drop the record).")
+        group = next((lower[k] for k in GROUP_KEYS if lower.get(k) not in (None, "")), default_group)
+        if not isinstance(group, (str, int, float)):
+            raise RenegError(f"{where}: the group/style field is {_kind(group)}, not text.")
+        return PromptItem(_clean(text), _clean(group)) if text.strip() else None
     raise RenegError(f"{where}: expected a prompt string or an object with a 'prompt' field, "
-                     f"got {type(record).__name__}.")
+                     f"got {_kind(record)}.")
+
+
+def _kind(value: object) -> str:
+    return {type(None): "null", bool: "true/false", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _json_loads(text: str):
+    """``json.loads`` that turns absurd nesting into a ValueError instead of a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested deeper than Python can read") from None
 
 
 def _parse_json(text: str, path: Path, group: str) -> list[PromptItem]:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = _json_loads(text)
+    except ValueError as exc:
         raise RenegError(f"{path}: invalid JSON ({exc}). Use a list of prompts or one JSON object per line "
                          "(.jsonl).") from exc
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
@@ -79,9 +99,9 @@ def _parse_jsonl(text: str, path: Path, group: str) -> list[PromptItem]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RenegError(f"{path}:{n}: invalid JSON line ({exc.msg}). Each line must be a JSON string or an "
+            record = _json_loads(line)
+        except ValueError as exc:
+            raise RenegError(f"{path}:{n}: invalid JSON line ({getattr(exc, 'msg', exc)}). Each line must be a JSON string or an "
                              "object with a 'prompt' field.") from exc
         item = _from_record(record, f"{path}:{n}", group)
         if item is not None:
@@ -90,7 +110,11 @@ def _parse_jsonl(text: str, path: Path, group: str) -> list[PromptItem]:
 
 
 def _parse_table(text: str, path: Path, group: str, delimiter: str) -> list[PromptItem]:
-    rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if any(c.strip() for c in r)]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if any(c.strip() for c in r)]
+    except csv.Error as exc:  # e.g. a field over csv's size limit (an unclosed quote swallowing the file)
+        raise RenegError(f"{path}: not a readable {'CSV' if delimiter == ',' else 'TSV'} table ({exc}); check for "
+                         "an unclosed quote.") from exc
     if not rows:
         return []
     header = [c.strip().lower() for c in rows[0]]
@@ -110,16 +134,31 @@ def _parse_table(text: str, path: Path, group: str, delimiter: str) -> list[Prom
 def read_prompt_file(path: str | Path, group: Optional[str] = None) -> list[PromptItem]:
     """Prompts of one local file (raises :class:`RenegError` if missing, unreadable or empty)."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
         raise RenegError(f"Prompt file not found: {p}. Pass a .txt (one prompt per line), .jsonl, .json, .csv "
-                         "or .tsv file.")
+                         "or .tsv file.") from None
+    except OSError as exc:
+        raise RenegError(f"{p}: cannot be read ({exc.strerror or exc}).") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise RenegError(f"{p} is a folder; pass it as the prompt folder or name one prompt file in it.")
+    if not stat.S_ISREG(st.st_mode):
+        raise RenegError(f"{p} is not a regular file (a FIFO, socket or device); pass a prompt file.")
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
         raise RenegError(f"{p}: unsupported prompt file type '{p.suffix}'; use one of {', '.join(SUFFIXES)}.")
+    if st.st_size > MAX_PROMPT_FILE_BYTES:
+        raise RenegError(f"{p}: {st.st_size:,} bytes is over the {MAX_PROMPT_FILE_BYTES:,}-byte limit for a prompt "
+                         "file; split it or pass a folder of smaller files.")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise RenegError(f"{p}: not a UTF-8 text file ({exc.reason}).") from exc
+        raise RenegError(f"{p}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); save it as UTF-8.") from exc
+    except OSError as exc:
+        raise RenegError(f"{p}: cannot be read ({exc.strerror or exc}).") from exc
+    if "\x00" in text:
+        raise RenegError(f"{p}: holds NUL bytes, so it is not a text file; pass a prompt file.")
     g = group or (p.stem if suffix == ".json" else "all")
     if suffix == ".txt":
         items = [PromptItem(_clean(line), g) for line in text.splitlines()

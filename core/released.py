@@ -1,7 +1,9 @@
 """Registry of the released ReNeg embeddings and their sha256-verified download."""
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.client
 import json
 import os
 import urllib.error
@@ -10,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .embedding_io import atomic_write, sha256_file
-from .errors import RenegError
+from .embedding_io import sha256_file
+from .errors import OutputError, RenegError
+from .outputs import atomic_write, check_output_file
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_PATH = PACK_ROOT / "embeddings" / "registry.json"
 #: The pack's own embedding folder (CLI default download/save location).
 PACK_EMBEDDINGS_DIR = PACK_ROOT / "embeddings"
+MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,11 @@ class ReleasedEmbedding:
 
 def released_embeddings() -> dict[str, ReleasedEmbedding]:
     """All registry entries by name."""
-    data = json.loads(REGISTRY_PATH.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(REGISTRY_PATH.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RenegError(f"The registry of released embeddings ({REGISTRY_PATH}) is unreadable ({exc}); "
+                         "reinstall the pack.") from exc
     return {e["name"]: ReleasedEmbedding(**{**e, "shape": tuple(e["shape"])}) for e in data["embeddings"]}
 
 
@@ -45,20 +53,31 @@ def get_released(name: str) -> ReleasedEmbedding:
 
 
 def verify_file(path: str | os.PathLike, entry: ReleasedEmbedding) -> bool:
-    """True if ``path`` exists and has the pinned sha256."""
-    return Path(path).is_file() and sha256_file(path) == entry.sha256
+    """True if ``path`` is a regular file with the pinned sha256."""
+    p = Path(path)
+    try:
+        return p.is_file() and p.stat().st_size < 1 << 30 and sha256_file(p) == entry.sha256
+    except OSError:
+        return False
 
 
 def download_released(name: str, directory: str | os.PathLike = PACK_EMBEDDINGS_DIR, *,
-                      progress: Optional[Callable[[int, int], None]] = None, timeout: float = 60.0) -> Path:
+                      progress: Optional[Callable[[int, int], None]] = None, timeout: float = 60.0,
+                      overwrite: bool = False) -> Path:
     """Download one released embedding into ``directory``; verify sha256 before renaming into place.
 
-    An existing file with the right hash is kept (no network). Offline/unreachable gives one clear error.
+    An existing file with the right hash is kept (no network); a different file there is only replaced with
+    ``overwrite``. Offline/unreachable, a full disk or an unwritable folder give one clear error.
     """
     entry = get_released(name)
-    target = Path(directory) / entry.filename
+    target = Path(directory).expanduser() / entry.filename
     if verify_file(target, entry):
         return target
+    if os.path.lexists(target) and not overwrite:
+        what = "a folder" if target.is_dir() else "a different file (its sha256 does not match the release)"
+        raise OutputError(f"{target} exists and is {what}; pass --overwrite to replace it with the released "
+                          f"{entry.name} embedding, or choose another --dir.")
+    check_output_file(target, overwrite=True, what=f"{entry.name} download")
 
     def fetch(tmp: str) -> None:
         digest = hashlib.sha256()
@@ -67,12 +86,22 @@ def download_released(name: str, directory: str | os.PathLike = PACK_EMBEDDINGS_
                 total = int(resp.headers.get("Content-Length") or 0)
                 done = 0
                 while block := resp.read(1 << 16):
+                    if done + len(block) > MAX_DOWNLOAD_BYTES:
+                        raise RenegError(f"{entry.url} sent more than {MAX_DOWNLOAD_BYTES:,} bytes; that is not "
+                                         f"the {entry.name} embedding. Nothing was saved.")
                     fh.write(block)
                     digest.update(block)
                     done += len(block)
                     if progress:
                         progress(done, total)
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except OSError as exc:
+            if not isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError)) and \
+                    exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+                raise  # a local write problem: atomic_write names it
+            raise RenegError(
+                f"Could not download {entry.filename} from {entry.url} ({exc}). You seem to be offline: download "
+                f"it by other means and place it at {target} (sha256 {entry.sha256}).") from exc
+        except http.client.HTTPException as exc:
             raise RenegError(
                 f"Could not download {entry.filename} from {entry.url} ({exc}). You seem to be offline: download "
                 f"it by other means and place it at {target} (sha256 {entry.sha256}).") from exc
@@ -80,4 +109,4 @@ def download_released(name: str, directory: str | os.PathLike = PACK_EMBEDDINGS_
             raise RenegError(f"Downloaded {entry.filename} has sha256 {digest.hexdigest()}, expected "
                              f"{entry.sha256}; the file was discarded. Try again or report the source change.")
 
-    return atomic_write(target, fetch)
+    return atomic_write(target, fetch, overwrite=True)

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,8 +28,9 @@ from .checkpoint import load_state, save_state, state_path
 from .ddim import initial_latents, make_scheduler, sample
 from .distributed import DistContext
 from .embedding_io import check_compatible, save_embedding
-from .errors import RenegError
+from .errors import NothingLearnedError, RenegError
 from .model_boundary import DiffusionBackend
+from .outputs import OutputLock
 from .objective import draw_step_index, reneg_objective
 from .rewards.base import Reward
 from .training_log import log_paths, plot_rewards, write_csv
@@ -234,10 +236,30 @@ class _Trainer:
             "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
             "recipe": json.dumps(self.config.recipe(), sort_keys=True),
             "prompts_sha256": prompts_digest(self.prompts), "meta": dict(self.meta),
+            "identity": self.identity(),
         }
 
+    def identity(self) -> dict:
+        """What a resumed run must share besides the recipe: the reward and the model."""
+        return {"reward": str(self.meta.get("reward", "")), "model": model_identity(self.backend.name),
+                "context_dim": int(self.backend.context_dim)}
+
     def load_state_dict(self, state: dict, where: str) -> None:
-        mine, theirs = self.config.recipe(), json.loads(state["recipe"])
+        saved_id = state.get("identity") or {  # states written before the identity was recorded
+            "reward": str(state.get("meta", {}).get("reward", "")),
+            "model": model_identity(str(state.get("meta", {}).get("base_model", "")))}
+        now_id = self.identity()
+        id_diff = [k for k in ("reward", "model", "context_dim") if k in saved_id and saved_id[k] != now_id[k]]
+        if id_diff:
+            details = ", ".join(f"{k}: saved {saved_id[k]!r} vs now {now_id[k]!r}" for k in id_diff)
+            raise RenegError(f"{where}: cannot resume with a different {' and '.join(id_diff)} ({details}); that "
+                             "would mix two objectives in one embedding. Resume with the same --model/--reward, "
+                             "or start over (--overwrite) / choose another output.")
+        try:
+            theirs = json.loads(state["recipe"])
+        except (TypeError, ValueError) as exc:
+            raise RenegError(f"{where}: the saved recipe is unreadable; delete the state and start over.") from exc
+        mine = self.config.recipe()
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if diff:
             details = ", ".join(f"{k}: saved {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
@@ -250,11 +272,15 @@ class _Trainer:
         check_compatible(neg, self.backend.context_dim, where=f"model '{self.backend.name}'")
         with torch.no_grad():
             self.negative.copy_(neg.to(self.device))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_sched.load_state_dict(state["lr_scheduler"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.lr_sched.load_state_dict(state["lr_scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.generator.set_state(state["generator"])
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+            raise RenegError(f"{where}: the optimizer/RNG part of the state is damaged ({type(exc).__name__}); "
+                             "delete it and start over (--overwrite).") from exc
         self.step, self.skipped, self.log = int(state["step"]), int(state["skipped"]), list(state["log"])
 
     def save(self, final: bool) -> None:
@@ -267,7 +293,9 @@ class _Trainer:
 
     def _write_files(self, final: bool) -> None:
         status = "complete" if final and self.step >= self.config.steps else "partial"
-        save_embedding(self.out, self.negative.detach().cpu(),
+        if self.step > 0 and self.skipped >= self.step:
+            status = "failed"  # every step was skipped: nothing was learned
+        save_embedding(self.out, self.negative.detach().cpu(), overwrite=True,  # our own, checked & locked output
                        **{**self.meta, "steps": self.step, "status": status,
                           "skipped_steps": str(self.skipped), "recipe": self.config.recipe()})
         save_state(state_path(self.out), self.state_dict())
@@ -375,17 +403,41 @@ class _Trainer:
                            list(self.log), self.out)
 
 
-def check_output(out: str | Path, resume: bool = False, overwrite: bool = False) -> None:
-    """The output-path errors of :func:`train_global` (hosts call it before loading models, to fail fast)."""
-    out_path = Path(out)
+def model_identity(name: str) -> str:
+    """A model's identity for resume checks: the resolved path of a local model, else its name/hub id."""
+    p = Path(os.path.expanduser(name)) if name else None
+    return str(p.resolve()) if p is not None and p.exists() else name
+
+
+def train_outputs(out: str | Path) -> list[Path]:
+    """Every file a training run writes for ``out``: the embedding, its state, the CSV log and the curve."""
+    out = Path(out).expanduser()
+    return [out, state_path(out), *log_paths(out)]
+
+
+def check_output(out: str | Path, resume: bool = False, overwrite: bool = False,
+                 inputs: Sequence[Optional[str | Path]] = ()) -> None:
+    """The output-path errors of :func:`train_global` (hosts call it before loading models, to fail fast):
+    wrong extension or kind, an input among the outputs, an earlier run's files without resume/overwrite,
+    resume without a state, an unwritable folder."""
+    from .outputs import check_output_file
+
+    out_path = Path(out).expanduser()
     if out_path.suffix.lower() != ".safetensors":
         raise RenegError(f"{out_path}: the output embedding must be a .safetensors file.")
     spath = state_path(out_path)
+    for path in train_outputs(out_path):  # kinds, inputs, writability; existence is decided below
+        check_output_file(path, overwrite=True, inputs=inputs, what="training output")
     if resume and not spath.is_file():
         raise RenegError(f"No training state at {spath}; nothing to resume. Start without --resume.")
-    if not resume and not overwrite and spath.exists():
-        raise RenegError(f"{spath} exists (a previous run of {out_path.name}). Resume it (--resume), or "
-                         "delete it / pass --overwrite to start over.")
+    if not resume and not overwrite:
+        existing = [p.name for p in train_outputs(out_path) if os.path.lexists(p)]
+        if spath.exists():
+            raise RenegError(f"{spath} exists (a previous run of {out_path.name}). Resume it (--resume), or "
+                             "delete it / pass --overwrite to start over.")
+        if existing:
+            raise RenegError(f"{', '.join(existing)} already exist in {out_path.parent}; pass --overwrite to "
+                             "replace them, or choose another output name.")
 
 
 def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[str], config: TrainConfig,
@@ -411,6 +463,24 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
         raise RenegError("Checkpoints (save_every/resume) need an output path.")
     if out_path is not None:
         check_output(out_path, resume, overwrite)
+    lock = OutputLock(out_path) if out_path is not None and dist.is_main else None
+    if lock is not None:
+        lock.acquire()
+        try:
+            check_output(out_path, resume, overwrite)  # again under the lock: another run may have just finished
+        except BaseException:
+            lock.release()
+            raise
+    try:
+        return _train_locked(backend, reward, prompts, config, callbacks, init_negative, out_path, resume, dist,
+                             metadata)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(backend, reward, prompts, config, callbacks, init_negative, out_path, resume, dist,
+                  metadata) -> TrainResult:
     meta = {"base_model": backend.name, "reward": getattr(reward, "name", type(reward).__name__),
             "processes": str(dist.world_size), **{k: str(v) for k, v in (metadata or {}).items()}}
     trainer = _Trainer(backend, reward, prompts, config, callbacks or TrainCallbacks(), dist, out_path,
@@ -421,4 +491,11 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
             trainer.load_state_dict(load_state(spath), str(spath))
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(backend)
-    return trainer.run()
+    result = trainer.run()
+    if not result.stopped and result.step > 0 and result.skipped_steps >= result.step:
+        raise NothingLearnedError(
+            f"All {result.step} training steps were skipped (NaN/Inf gradients): nothing was learned"
+            + (f"; {result.out} is marked status=failed and equals its start" if result.out else "")
+            + ". Lower the learning rate or guidance, set a max gradient norm, or train in fp32 "
+              "(--mixed-precision no / --dtype fp32).")
+    return result

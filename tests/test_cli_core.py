@@ -29,8 +29,8 @@ def test_convert_then_info_roundtrip(released_dir, tmp_path, capsys):
     dst = tmp_path / "sd14.safetensors"
     assert main(["convert", str(src), str(dst), "--base-model", "CompVis/stable-diffusion-v1-4"]) == 0
     assert torch.equal(load_embedding(dst).tensor, torch.load(src, weights_only=True))
-    assert main(["convert", str(src), str(dst)]) == 2  # refuses to overwrite without --force
-    assert "--force" in capsys.readouterr().err
+    assert main(["convert", str(src), str(dst)]) == 2  # refuses to overwrite without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
     capsys.readouterr()
     main(["info", str(dst)])
     meta = json.loads(capsys.readouterr().out)["metadata"]

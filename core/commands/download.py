@@ -12,6 +12,8 @@ def register(sub) -> None:
     p.add_argument("--all", action="store_true", help="download every released embedding")
     p.add_argument("--list", action="store_true", help="list the registry and exit")
     p.add_argument("--dir", default=None, help="target folder (default: the pack's embeddings/ folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a different file of the same name (default: refuse; a verified copy is kept)")
     p.set_defaults(func=run)
 
 
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.total = total or None
                 bar.update(done - bar.n)
 
-            path = download_released(name, args.dir or PACK_EMBEDDINGS_DIR, progress=progress)
+            path = download_released(name, args.dir or PACK_EMBEDDINGS_DIR, progress=progress,
+                                     overwrite=args.overwrite)
         print(f"{name}: {path} (sha256 verified)")
     return 0

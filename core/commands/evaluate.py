@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args
+from .common import add_model_args, add_overwrite_arg, ddim_steps_arg, guidance_arg, int_in, seed_arg, side_arg
 from .reward_args import add_reward_weights_arg
+
+
+#: Files ``evaluate`` writes into ``--out`` (an earlier evaluation's are only replaced with ``--overwrite``).
+EVAL_OUTPUTS = ("results.json", "scores.csv", "summary.csv", "grid.png", "bars.png")
 
 
 def register(sub) -> None:
@@ -17,22 +21,23 @@ def register(sub) -> None:
                         "is the win-rate baseline)")
     p.add_argument("--prompts", required=True,
                    help="prompt file/folder, 'hpsv2' (HPSv2 benchmark, 4 styles), 'hpsv2:photo,anime' or 'parti'")
-    p.add_argument("--limit", type=int, default=None, help="use the first N prompts of each group")
+    p.add_argument("--limit", type=int_in(1), default=None, help="use the first N prompts of each group")
     p.add_argument("--metrics", default="hpsv2.1", help="comma-separated reward names (default hpsv2.1)")
     add_reward_weights_arg(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="first seed; every negative gets the same seeds (default 0)")
-    p.add_argument("--images-per-prompt", type=int, default=1, help="seeds per prompt (default 1)")
-    p.add_argument("--batch-size", type=int, default=4, help="images rendered together (default 4)")
-    p.add_argument("--ddim-steps", "--steps", dest="ddim_steps", type=int, default=30, help="DDIM steps (default 30)")
-    p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=float, default=7.5,
+    p.add_argument("--seed", type=seed_arg, default=0, help="first seed; every negative gets the same seeds (default 0)")
+    p.add_argument("--images-per-prompt", type=int_in(1, 1000), default=1, help="seeds per prompt (default 1)")
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=4, help="images rendered together (default 4)")
+    p.add_argument("--ddim-steps", "--steps", dest="ddim_steps", type=ddim_steps_arg, default=30, help="DDIM steps (default 30)")
+    p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=guidance_arg, default=7.5,
                    help="CFG scale (default 7.5)")
-    p.add_argument("--height", type=int, default=None, help="default: the model's native size")
-    p.add_argument("--width", type=int, default=None, help="default: the model's native size")
+    p.add_argument("--height", type=side_arg, default=None, help="default: the model's native size")
+    p.add_argument("--width", type=side_arg, default=None, help="default: the model's native size")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                    help="autocast dtype (default no)")
-    p.add_argument("--grid-prompts", type=int, default=8, help="prompt rows in grid.png")
+    p.add_argument("--grid-prompts", type=int_in(1, 1000), default=8, help="prompt rows in grid.png")
     p.add_argument("--save-images", action="store_true", help="also save every image under OUT/images/")
+    add_overwrite_arg(p, "the results of an earlier evaluation in --out")
     p.set_defaults(func=run)
 
 
@@ -40,12 +45,15 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..evaluate import EvalConfig, evaluate_negatives, parse_negative_specs, resolve_negative
+    from ..outputs import check_output_folder
     from ..prompts import load_prompt_set
     from ..train import default_resolution
     from .common import load_backend_from_args
     from .reward_args import build_metrics
 
     specs = parse_negative_specs(args.negatives)
+    check_output_folder(args.out, EVAL_OUTPUTS, overwrite=args.overwrite,
+                        inputs=[args.prompts, *(s.value for s in specs if s.kind == "file")])
     items = load_prompt_set(args.prompts, args.limit)
     backend = load_backend_from_args(args)
     negatives = {s.label: resolve_negative(backend, s) for s in specs}

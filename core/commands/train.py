@@ -9,8 +9,14 @@ import signal
 import threading
 from pathlib import Path
 
-from .common import add_model_args
+from .common import (add_model_args, ddim_steps_arg, float_in, guidance_arg, int_in, lr_arg, seed_arg,
+                     side_arg)
 from .reward_args import add_reward_weights_arg
+
+
+#: Signals that stop training after the current step with everything saved (Ctrl-C, `kill`, docker stop,
+#: cluster pre-emption, a closed terminal).
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 def register(sub) -> None:
@@ -23,32 +29,33 @@ def register(sub) -> None:
                                                     ".tsv or a folder of those")
     p.add_argument("--out", required=True, help="output embedding (.safetensors); checkpoint: <out>.state")
     p.add_argument("--init", default=None, help="initial negative embedding file (default: the null-text embedding)")
-    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (default 4000)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch per step (default 64)")
-    p.add_argument("--micro-batch", type=int, default=8,
+    p.add_argument("--steps", type=int_in(1, 10_000_000), default=4000, help="optimizer steps (default 4000)")
+    p.add_argument("--batch-size", type=int_in(1, 65536), default=64, help="global batch per step (default 64)")
+    p.add_argument("--micro-batch", type=int_in(1, 4096), default=8,
                    help="samples per forward/backward per process (default 8; lower it if memory runs out)")
-    p.add_argument("--lr", type=float, default=5e-3, help="AdamW learning rate (default 5e-3)")
-    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--lr", type=lr_arg, default=5e-3, help="AdamW learning rate (default 5e-3)")
+    p.add_argument("--weight-decay", type=float_in(0.0, 10.0), default=1e-2, help="AdamW weight decay (default 0.01)")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine", help="(default cosine)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear LR warm-up steps (default 0)")
-    p.add_argument("--ddim-steps", type=int, default=30,
+    p.add_argument("--warmup-steps", type=int_in(0), default=0, help="linear LR warm-up steps (default 0)")
+    p.add_argument("--ddim-steps", type=ddim_steps_arg, default=30,
                    help="DDIM steps of the sampler inside training (default 30; --steps is the optimizer steps)")
-    p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=float, default=7.5,
+    p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=guidance_arg, default=7.5,
                    help="CFG scale in training (default 7.5)")
-    p.add_argument("--last-k", type=int, default=10, help="t is drawn from the last K DDIM steps (default 10)")
-    p.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
-    p.add_argument("--width", type=int, default=None, help="image width (default: the model's native size)")
-    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--last-k", type=int_in(1, 1000), default=10, help="t is drawn from the last K DDIM steps (default 10)")
+    p.add_argument("--height", type=side_arg, default=None, help="image height (default: the model's native size)")
+    p.add_argument("--width", type=side_arg, default=None, help="image width (default: the model's native size)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="default 0")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                    help="autocast dtype (the embedding stays fp32)")
-    p.add_argument("--max-grad-norm", type=float, default=0.0, help="clip the embedding gradient (0: off)")
+    p.add_argument("--max-grad-norm", type=float_in(0.0, 1e6), default=0.0, help="clip the embedding gradient (0: off)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet/VAE activations")
-    p.add_argument("--save-every", type=int, default=250,
+    p.add_argument("--save-every", type=int_in(0), default=250,
                    help="checkpoint every N steps (default 250; 0: only at the end)")
-    p.add_argument("--preview-every", type=int, default=0, help="write a preview PNG every N steps (0: off)")
+    p.add_argument("--preview-every", type=int_in(0), default=0, help="write a preview PNG every N steps (0: off)")
     p.add_argument("--preview-prompt", default=None, help="prompt of the previews (default: the first training prompt)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.state")
-    p.add_argument("--overwrite", action="store_true", help="start over even if <out>.state exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over, replacing <out>, <out>.state and the log/curve of an earlier run")
     p.set_defaults(func=run)
 
 
@@ -58,13 +65,17 @@ def run(args: argparse.Namespace) -> int:
     from ..diffusers_backend import load_backend
     from ..distributed import init_distributed
     from ..embedding_io import load_embedding
+    from ..errors import NonFiniteError, RenegError
     from ..prompts import load_prompts
     from ..train import TrainCallbacks, TrainConfig, check_output, default_resolution, train_global
     from .common import resolve_device, resolve_dtype, save_images
     from .reward_args import build_reward_from_args
 
+    if args.resume and args.overwrite:
+        raise RenegError("Pass either --resume (continue the saved run) or --overwrite (start over), not both.")
     prompts = load_prompts(args.prompts)  # fail fast, before loading models
-    check_output(args.out, args.resume, args.overwrite)
+    check_output(args.out, args.resume, args.overwrite,
+                 inputs=[args.prompts, args.init, args.model, *args.reward_weights])
     init = load_embedding(args.init).tensor if args.init else None
     dist = init_distributed(args.device)
     device = dist.device if dist.world_size > 1 else resolve_device(args.device)
@@ -89,29 +100,36 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix(reward=f"{reward_mean:.4f}")
         bar.refresh()
         if preview is not None:
-            save_images(preview, preview_dir / f"step_{step:06d}.png")
+            try:
+                save_images(preview, preview_dir / f"step_{step:06d}.png")
+            except NonFiniteError:  # a diverged preview must not end the run; the steps say if it learns
+                tqdm.write(f"step {step}: the preview image is NaN/Inf; not saved")
 
-    interrupted = []
+    interrupted: list[int] = []
+    previous: dict = {}
 
-    def on_sigint(signum, frame):  # first Ctrl-C: save a partial embedding + state and stop; second: abort
+    def on_stop_signal(signum, frame):  # first Ctrl-C/SIGTERM/SIGHUP: save a partial embedding + state and stop
         interrupted.append(signum)
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():  # a second signal aborts
+            signal.signal(sig, handler)
 
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+    if in_main_thread:
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, on_stop_signal)
     try:
         result = train_global(backend, reward, prompts, config,
                               TrainCallbacks(progress=progress, should_stop=lambda: bool(interrupted)),
                               init_negative=init, out=out, resume=args.resume, overwrite=args.overwrite, dist=dist,
                               metadata={"init": args.init or "null-text", "prompts": Path(args.prompts).name})
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         bar.close()
     if result.stopped:
         if dist.is_main:
             print(f"interrupted at step {result.step}: partial embedding {result.out}; continue with --resume")
-        return 130
+        return 128 + (interrupted[0] if interrupted else int(signal.SIGINT))
     if dist.is_main:
         print(f"{result.out}: {result.step}/{result.total_steps} steps, {result.skipped_steps} skipped, "
               f"last reward {result.log[-1]['reward_mean']:.4f}" if result.log else f"{result.out}: no steps run")

@@ -13,12 +13,14 @@ If all fail, one ``MissingWeightsError`` says which file to fetch from where and
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
 
-from ..errors import MissingWeightsError, UnsafeFileError
+from ..embedding_io import check_torch_file, clean_cause
+from ..errors import CorruptFileError, MissingWeightsError, UnsafeFileError
 
 REWARDS_DIR_ENV = "RENEG_REWARDS_DIR"
 M = TypeVar("M", bound=torch.nn.Module)
@@ -78,19 +80,28 @@ def load_pretrained(weights: str | os.PathLike | None, repo_id: str, what: str,
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a torch pickle (``weights_only=True``: no code execution).
 
-    Unwraps ``{"state_dict": {...}}`` (the HPSv2 checkpoint format).
+    Unwraps ``{"state_dict": {...}}`` (the HPSv2 checkpoint format). An empty, truncated or wrong file (an HTML
+    page, a Git-LFS pointer) is a :class:`CorruptFileError` saying to re-download it; a pickle that would run
+    code is an :class:`UnsafeFileError`.
     """
     path = Path(path)
+    _check_weights_file(path)
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise _corrupt(path, clean_cause(e)) from e
     try:
         obj = torch.serialization.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise _unsafe(path, e) from e
     except RuntimeError:  # legacy (non-zip) pickle: mmap unsupported, retry without
         obj = _torch_load(path)
     except Exception as e:
-        raise _unsafe(path, e) from e
+        raise _corrupt(path, clean_cause(e)) from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -98,16 +109,47 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _check_weights_file(path: Path) -> None:
+    """Name an empty file, an HTML page or a Git-LFS pointer before torch/safetensors see it."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(256).lstrip().lower()
+    except OSError as e:
+        raise MissingWeightsError(f"{path}: cannot be read ({e.strerror or e}).") from e
+    if size == 0:
+        raise _corrupt(path, "the file is empty (0 bytes)")
+    if head.startswith(b"version https://git-lfs"):
+        raise _corrupt(path, "it is a Git-LFS pointer, not the weights (`git lfs pull` or download the file itself)")
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
+        raise _corrupt(path, "it is a web page (HTML) saved instead of the file")
+    if path.suffix != ".safetensors":
+        try:
+            check_torch_file(path)  # random bytes / text / a pickle that imports code, judged without loading
+        except UnsafeFileError:
+            raise
+        except CorruptFileError as e:
+            raise _corrupt(path, "it is not a torch checkpoint: " + str(e).split(": ", 1)[-1].split(". ")[0]) from e
+
+
 def _torch_load(path: Path) -> object:
     try:
         return torch.serialization.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except pickle.UnpicklingError as e:
         raise _unsafe(path, e) from e
+    except Exception as e:
+        raise _corrupt(path, clean_cause(e)) from e
+
+
+def _corrupt(path: Path, why: str) -> CorruptFileError:
+    return CorruptFileError(f"{path}: not readable reward weights ({why}). The file is damaged or incomplete: "
+                            "download it again (see the reward's docs for the file name and source).")
 
 
 def _unsafe(path: Path, e: Exception) -> UnsafeFileError:
-    return UnsafeFileError(f"{path} could not be loaded as a plain tensor checkpoint (torch.load with "
-                           f"weights_only=True, no code execution): {type(e).__name__}: {str(e)[:300]}")
+    return UnsafeFileError(f"{path} was refused: it is not a plain tensor checkpoint ({clean_cause(e)}), and "
+                           "pickles that build other objects are never run. Download the weights from their "
+                           "official source.")
 
 
 def freeze(module: M) -> M:
