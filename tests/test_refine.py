@@ -195,8 +195,34 @@ def test_batch_equals_independent_runs(backend, tiny_reward, selection):
                                 selection=selection, final_image=True, **KW)
         assert got.step_index == alone.step_index and got.best_step == alone.best_step
         assert got.trace == pytest.approx(alone.trace, rel=1e-4, abs=1e-5)
-        assert torch.allclose(got.best, alone.best, atol=1e-5, rtol=1e-5)
-        assert torch.allclose(got.image, alone.image, atol=1e-4)
+        # batched kernels round differently (~1e-6); Adam's first steps are nearly sign(grad), so an element whose
+        # gradient is ~0 can move the other way: compare the displacement as a whole, not element by element
+        moved = (alone.best - init).norm()
+        assert (got.best - alone.best).norm() <= 1e-2 * max(float(moved), 1e-8), (got.best - alone.best).abs().max()
+        assert torch.allclose(got.image, alone.image, atol=1e-3)
+
+
+def test_adam_on_one_batched_parameter_with_frozen_rows_equals_independent_adams():
+    """The optimiser claim behind refine_batch, exactly: same gradients -> bit-identical iterates."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 5, 4, generator=gen)
+    grads = [torch.randn(3, 5, 4, generator=gen) for _ in range(4)]
+    stop_after = [4, 2, 3]  # row b takes stop_after[b] updates, then is frozen
+    batched = torch.nn.Parameter(start.clone())
+    opt = torch.optim.AdamW([batched], lr=0.05, weight_decay=0.0)
+    for k, g in enumerate(grads):
+        frozen = batched.detach().clone()
+        batched.grad = g.clone()
+        opt.step()
+        hold = torch.tensor([k >= n for n in stop_after])
+        batched.data[hold] = frozen[hold]
+    for b in range(3):
+        alone = torch.nn.Parameter(start[b:b + 1].clone())
+        opt_b = torch.optim.AdamW([alone], lr=0.05, weight_decay=0.0)
+        for g in grads[:stop_after[b]]:
+            alone.grad = g[b:b + 1].clone()
+            opt_b.step()
+        assert torch.equal(alone.detach(), batched.detach()[b:b + 1])
 
 
 def test_batch_inputs(backend, tiny_reward):
