@@ -12,7 +12,7 @@ from typing import Sequence
 from .errors import RenegError
 
 #: Subcommand modules under ``core/commands``, in help order.
-COMMANDS = ("demo", "info", "convert", "generate", "download", "train", "refine", "evaluate")
+COMMANDS = ("demo", "info", "convert", "generate", "download", "train", "refine", "evaluate", "reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:
