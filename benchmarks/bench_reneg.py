@@ -1,5 +1,6 @@
 """ReNeg cost benchmark: training step, per-prompt refinement and, as the unit, one plain CFG generation --
-measured side by side in one run on one device, with peak memory and ratios.
+measured side by side in one run on one device, with peak memory and ratios; refinement under both selection
+rules (proxy / final image) and B prompts refined in one batch vs one by one.
 
     python benchmarks/bench_reneg.py                 # CPU, tiny random test models (seconds)
     python benchmarks/bench_reneg.py --gpu           # CUDA, full-size random-weight SD1.5 + ViT-H-14 reward, 512px
@@ -166,18 +167,43 @@ def run(args: argparse.Namespace) -> dict:
     train["phase_seconds"] = train.pop("seconds")  # whole phase incl. the warm-up step
     results["train_step"] = train
 
-    # 3. refinement: 10 steps (patience off) + the final image
-    refine: dict = {}
-    with meter.phase(refine):
-        res = refine_negative(backend, reward, prompt, null, seed=0, max_steps=10, patience=11, lr=5e-3,
-                              num_inference_steps=n, guidance_scale=g, height=size, width=size, final_image=True)
-    refine["iterates"] = len(res.trace)
-    results["refine_10_steps_plus_image"] = refine
+    # 3. refinement: 10 steps (patience off) + the final image, under both selection rules
+    for rule in ("proxy", "final"):
+        refine: dict = {}
+        with meter.phase(refine):
+            res = refine_negative(backend, reward, prompt, null, seed=0, max_steps=10, patience=11, lr=5e-3,
+                                  num_inference_steps=n, guidance_scale=g, height=size, width=size,
+                                  final_image=True, selection=rule)
+        refine["iterates"] = len(res.trace)
+        refine["step_index"] = res.step_index
+        results[f"refine_{rule}"] = refine
+    results["refine_10_steps_plus_image"] = results["refine_proxy"]  # the earlier key (proxy rule + final render)
+
+    # 4. batching: B prompts refined in one batch vs one by one (same settings, patience off)
+    from reneg.core.refine import RefineConfig, refine_batch
+
+    b = args.refine_batch
+    prompts = [f"{p} {k}" for k, p in zip(range(b), ["a photograph of an astronaut riding a horse",
+                                                       "a bowl of fruit", "a city at night", "a red fox in snow"] * b)]
+    rcfg = RefineConfig(max_steps=args.batch_refine_steps, patience=99, num_inference_steps=n, guidance_scale=g,
+                        height=size, width=size)
+    batched: dict = {}
+    with meter.phase(batched):
+        refine_batch(backend, reward, prompts, null, list(range(b)), rcfg)
+    single: dict = {}
+    with meter.phase(single):
+        for k, p in enumerate(prompts):
+            refine_batch(backend, reward, [p], null, [k], rcfg)
+    results["refine_batching"] = {"prompts": b, "max_steps": rcfg.max_steps, "selection": rcfg.selection,
+                                  "batched_seconds": batched["seconds"], "one_by_one_seconds": single["seconds"],
+                                  "speedup": single["seconds"] / batched["seconds"]}
 
     per_sample = train["seconds_per_step"] / m
     results["ratios"] = {
         "train_sample_over_generation": per_sample / gen_s,
-        "refine_over_generation": refine["seconds"] / gen_s,
+        "refine_over_generation": results["refine_proxy"]["seconds"] / gen_s,
+        "refine_proxy_over_generation": results["refine_proxy"]["seconds"] / gen_s,
+        "refine_final_over_generation": results["refine_final"]["seconds"] / gen_s,
         "paper_run_hours_estimate": 4000 * 64 * per_sample / 3600,  # 4000 steps x batch 64, one device
     }
     return results
@@ -195,11 +221,19 @@ def report(results: dict) -> str:
         f"{mem_name} {r['generation'][mem_key]:.2f} GiB",
         f"  training step (micro-batch {r['micro_batch']}): {r['train_step']['seconds_per_step']:.3f} s/step = "
         f"{r['train_step']['samples_per_s']:.3f} samples/s   {mem_name} {r['train_step'][mem_key]:.2f} GiB",
-        f"  refinement (10 steps + final image): {r['refine_10_steps_plus_image']['seconds']:.3f} s   "
-        f"{mem_name} {r['refine_10_steps_plus_image'][mem_key]:.2f} GiB",
+        f"  refinement (10 steps + final image), proxy rule: {r['refine_proxy']['seconds']:.3f} s   "
+        f"{mem_name} {r['refine_proxy'][mem_key]:.2f} GiB",
+        f"  refinement, final-image rule (11 scored finished images, 10 steps): {r['refine_final']['seconds']:.3f} s"
+        f"   {mem_name} {r['refine_final'][mem_key]:.2f} GiB",
+        f"  batched refinement: {r['refine_batching']['prompts']} prompts x {r['refine_batching']['max_steps']} steps "
+        f"({r['refine_batching']['selection']} rule): batched {r['refine_batching']['batched_seconds']:.3f} s, one by "
+        f"one {r['refine_batching']['one_by_one_seconds']:.3f} s",
         "ratios (same run, same device):",
         f"  one training sample = {r['ratios']['train_sample_over_generation']:.2f} x one generation",
-        f"  refinement (10 steps + image) = {r['ratios']['refine_over_generation']:.2f} x one generation",
+        f"  refinement, proxy rule = {r['ratios']['refine_proxy_over_generation']:.2f} x one generation",
+        f"  refinement, final-image rule = {r['ratios']['refine_final_over_generation']:.2f} x one generation",
+        f"  batching {r['refine_batching']['prompts']} prompts: {r['refine_batching']['speedup']:.2f} x faster than one "
+        "by one",
         f"  paper-scale training (4000 x 64 samples) on this device = "
         f"{r['ratios']['paper_run_hours_estimate']:.2f} h",
     ]
@@ -219,6 +253,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resolution", type=int, default=None, help="default: 512 (--gpu) / 64 (CPU tiny)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--refine-batch", type=int, default=4, help="prompts of the batched-refinement case (default 4)")
+    p.add_argument("--batch-refine-steps", type=int, default=3,
+                   help="refinement steps in the batching case (default 3)")
     p.add_argument("--json", default=None, help="also write the figures as JSON")
     return p.parse_args(argv)
 

@@ -19,7 +19,7 @@ from typing import Sequence
 from .errors import RenegError
 
 #: Subcommand modules under ``core/commands``, in help order.
-COMMANDS = ("demo", "info", "convert", "generate", "download", "train", "refine", "evaluate")
+COMMANDS = ("demo", "info", "convert", "generate", "download", "train", "refine", "evaluate", "reproduce")
 
 
 class Terminated(KeyboardInterrupt):

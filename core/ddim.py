@@ -6,7 +6,7 @@ timestep tables come from :class:`diffusers.DDIMScheduler` itself. With the same
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -130,6 +130,43 @@ def sample(backend: DiffusionBackend, cond: torch.Tensor, negative: Optional[tor
         if callback is not None:
             callback(i, stop, latents, x0)
     return latents
+
+
+def take_rows(tensor: Optional[torch.Tensor], rows: torch.Tensor) -> Optional[torch.Tensor]:
+    """Rows ``rows`` of a per-row ``[B, ...]`` tensor; a batch-1 tensor (one shared negative) is returned as is."""
+    if tensor is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor.index_select(0, rows.to(tensor.device))
+
+
+@torch.no_grad()
+def sample_rows(backend: DiffusionBackend, cond: torch.Tensor, negative: Optional[torch.Tensor],
+                latents: torch.Tensor, start: Sequence[int], stop: Sequence[int], num_inference_steps: int = 30,
+                guidance_scale: float = 7.5, *, scheduler=None) -> torch.Tensor:
+    """Per-row CFG-DDIM: row ``b`` runs steps ``start[b]`` up to (not including) ``stop[b]``.
+
+    At each step the rows whose range covers it go through the network as one batch; a row that is done leaves
+    the batch. ``negative`` is ``[1,T,D]`` (shared) or ``[B,T,D]`` (one per row). With equal ranges this is
+    exactly :func:`sample` on the whole batch.
+    """
+    starts, stops = [int(s) for s in start], [int(s) for s in stop]
+    if len(starts) != latents.shape[0] or len(stops) != latents.shape[0]:
+        raise ValueError("start and stop need one entry per latent row.")
+    sched = scheduler if scheduler is not None else make_scheduler(backend)
+    if len(set(starts)) == 1 and len(set(stops)) == 1:
+        return sample(backend, cond, negative, latents, num_inference_steps, guidance_scale, scheduler=sched,
+                      start_index=starts[0], stop_index=stops[0])
+    out = latents.clone()
+    for i in range(min(starts), max(stops)):
+        rows = [b for b in range(len(starts)) if starts[b] <= i < stops[b]]
+        if not rows:
+            continue
+        idx = torch.tensor(rows, device=out.device)
+        step = sample(backend, cond.index_select(0, idx.to(cond.device)), take_rows(negative, idx),
+                      out.index_select(0, idx), num_inference_steps, guidance_scale, scheduler=sched,
+                      start_index=i, stop_index=i + 1)
+        out.index_copy_(0, idx, step)
+    return out
 
 
 def initial_latents(backend: DiffusionBackend, batch: int, height: int, width: int, seed: int,

@@ -61,14 +61,28 @@ class DiffusersBackend:
         return (image / 2 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+    def _encode(self, prompts: Sequence[str]) -> torch.Tensor:
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt")
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tok.attention_mask.to(self.device)
-        emb = self.text_encoder(tok.input_ids.to(self.device), attention_mask=mask)[0]
-        return emb.to(self.dtype)
+        return self.text_encoder(tok.input_ids.to(self.device), attention_mask=mask)[0]
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self._encode(prompts).to(self.dtype)
+
+    def encode_prompts_fp32(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Like :meth:`encode_prompts`, with the text encoder computing in fp32 (cast there and back: the
+        fp16/bf16 -> fp32 -> fp16/bf16 round trip of the weights is exact)."""
+        dtype = self.text_encoder.dtype
+        if dtype == torch.float32:
+            return self._encode(prompts).float()
+        self.text_encoder.to(torch.float32)
+        try:
+            return self._encode(prompts).float()
+        finally:
+            self.text_encoder.to(dtype)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute UNet/VAE activations in backward (less memory, ~30% more time)."""

@@ -5,6 +5,11 @@ prompt ``i``, image ``j``), so differences come from the negative alone. Reports
 and overall means, the mean over groups (the paper's "average" column), and pairwise win-rates (share of
 pairs where one negative scores higher; ties count half). Writes ``results.json``, ``scores.csv``,
 ``summary.csv``, ``grid.png`` (rows prompts, columns negatives) and ``bars.png`` into the output folder.
+
+``protocol``: ``"differentiable"`` scores the float images with the training rewards' torch preprocessing;
+``"benchmark"`` scores them as the official HPSv2 benchmark code reads them (8-bit JPEG round trip, PIL resize;
+metric ``<name>@benchmark``, :mod:`.rewards.benchmark_protocol`); ``"both"`` does both on the same images and
+reports the gap per metric (``protocol_gaps`` in results.json).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import torch
 from .embedding_io import atomic_write, check_compatible, load_embedding
 from .errors import RenegError
 from .images import save_png, to_pil_images
-from .model_boundary import DiffusionBackend
+from .model_boundary import DiffusionBackend, encode_fp32
 from .prompts import PromptItem
 from .rewards.base import Reward
 from .train import batch_latents, render
@@ -33,6 +38,24 @@ MEAN_OF_GROUPS = "mean_of_groups"
 
 
 # ---------------------------------------------------------------------------------------------- negatives
+#: Named handcrafted negative prompts (``preset:NAME``), each with where it comes from.
+HANDCRAFTED_PRESETS: dict[str, tuple[str, str]] = {
+    "reneg-readme": (
+        "distorted, ugly, blurry, low resolution, low quality, bad, deformed, disgusting, Overexposed, "
+        "Simple background, Plain background, Grainy, Underexposed, too dark, too bright, too low contrast, "
+        "too high contrast, Broken, Macabre, artifacts, oversaturated",
+        "the example negative prompt of the authors' README, https://github.com/AMD-AIG-AIMA/ReNeg (commit "
+        "5ac4e71), section Inference, 'pos_prompt + neg_prompt'"),
+}
+
+
+def handcrafted_preset(name: str) -> str:
+    """The text of a named handcrafted negative (see :data:`HANDCRAFTED_PRESETS`)."""
+    if name not in HANDCRAFTED_PRESETS:
+        raise RenegError(f"Unknown handcrafted preset {name!r}; available: {', '.join(HANDCRAFTED_PRESETS)}.")
+    return HANDCRAFTED_PRESETS[name][0]
+
+
 @dataclass(frozen=True)
 class NegativeSpec:
     """``kind``: ``"null"`` (empty prompt), ``"text"`` (a negative prompt) or ``"file"`` (an embedding)."""
@@ -63,6 +86,10 @@ def parse_negative_specs(values: Sequence[str] | str) -> list[NegativeSpec]:
                 raw.append(["null", ""])
             elif piece.lower().startswith("text:"):
                 raw.append(["text", token.split(":", 1)[1].strip()])
+            elif piece.lower().startswith("refine:"):
+                raw.append(["refine", token.split(":", 1)[1].strip()])
+            elif piece.lower().startswith("preset:"):
+                raw.append(["text", handcrafted_preset(piece.split(":", 1)[1].strip())])
             elif _is_file_like(piece):
                 raw.append(["file", piece])
             elif raw and raw[-1][0] == "text":
@@ -73,20 +100,36 @@ def parse_negative_specs(values: Sequence[str] | str) -> list[NegativeSpec]:
         raise RenegError("No negatives given; e.g. --negatives null,\"text:low quality\",neg.safetensors")
     specs, seen = [], {}
     for kind, value in raw:
-        base = {"null": "null", "text": f"text:{value[:24]}", "file": Path(value).stem}[kind]
+        base = {"null": "null", "text": f"text:{value[:24]}", "file": Path(value).stem,
+                "refine": f"refined:{Path(value).stem or 'null'}"}[kind]
         seen[base] = seen.get(base, 0) + 1
         label = base if seen[base] == 1 else f"{base}#{seen[base]}"
         specs.append(NegativeSpec(kind, value, label))
     return specs
 
 
+@dataclass
+class PerSampleNegative:
+    """A negative refined for each evaluated prompt and seed from ``init`` (``refine:FILE`` / ``refine:null``):
+    :func:`~.refine.refine_batch` with the final-image rule, so its image is the render of its embedding."""
+
+    init: torch.Tensor
+    reward: Reward
+    max_steps: int = 10
+    patience: int = 3
+    lr: float = 5e-3
+
+
 def resolve_negative(backend: DiffusionBackend, spec: NegativeSpec) -> torch.Tensor:
-    """The ``[1,T,D]`` fp32 conditioning of a negative spec for ``backend``."""
+    """The ``[1,T,D]`` fp32 conditioning of a negative spec for ``backend`` (for ``refine:``: its start)."""
+    if spec.kind == "refine":
+        inner = NegativeSpec("null") if spec.value.lower() in ("", "null") else NegativeSpec("file", spec.value)
+        return resolve_negative(backend, inner)
     if spec.kind == "file":
         tensor = load_embedding(spec.value).tensor
         check_compatible(tensor, backend.context_dim, where=f"model '{backend.name}'")
         return tensor
-    return backend.encode_prompts([spec.value if spec.kind == "text" else ""]).float().cpu()
+    return encode_fp32(backend, [spec.value if spec.kind == "text" else ""]).cpu()
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -103,6 +146,7 @@ class EvalConfig:
     grid_prompts: int = 8          #: rows of grid.png (first prompts)
     grid_thumb: int = 256          #: grid cell size in pixels
     save_images: bool = False      #: also write every image to ``images/<negative>/``
+    protocol: str = "differentiable"  #: "differentiable", "benchmark" (official HPSv2 reading) or "both"
 
 
 @dataclass
@@ -116,6 +160,7 @@ class EvalResult:
     win_rates: dict = field(default_factory=dict)       #: metric -> a -> b -> P(score_a > score_b)
     files: dict = field(default_factory=dict)           #: name -> path written
     stopped: bool = False
+    protocol_gaps: dict = field(default_factory=dict)   #: metric -> benchmark minus differentiable statistics
 
     def summary_table(self) -> list[dict]:
         base = self.negatives[0]
@@ -153,8 +198,37 @@ def distinct_group_names(items: Sequence[PromptItem]) -> list[PromptItem]:
             for it in items]
 
 
+def protocol_gaps(rows: Sequence[dict], metrics: Sequence[str]) -> dict:
+    """For each metric scored both ways: mean, mean absolute and max absolute ``benchmark − differentiable`` over
+    the same images, and the share of image pairs (same prompt/seed, two negatives) whose order the protocols
+    agree on."""
+    from .rewards.benchmark_protocol import SUFFIX
+
+    gaps = {}
+    for m in metrics:
+        b = f"{m}{SUFFIX}"
+        if m.endswith(SUFFIX) or b not in metrics:
+            continue
+        diffs = [r[b] - r[m] for r in rows]
+        if not diffs:
+            continue
+        by_image: dict[tuple, list[dict]] = {}
+        for r in rows:
+            by_image.setdefault((r["prompt_id"], r["seed"]), []).append(r)
+        agree = total = 0
+        for group in by_image.values():
+            for i in range(len(group)):
+                for j in range(i + 1, len(group)):
+                    total += 1
+                    agree += (group[i][m] > group[j][m]) == (group[i][b] > group[j][b])
+        gaps[m] = {"mean_gap": sum(diffs) / len(diffs), "mean_abs_gap": sum(abs(d) for d in diffs) / len(diffs),
+                   "max_abs_gap": max(abs(d) for d in diffs), "n": len(diffs),
+                   "pair_order_agreement": agree / total if total else float("nan")}
+    return gaps
+
+
 def summarise(result: EvalResult) -> None:
-    """Fill ``means``, ``stds`` and ``win_rates`` from ``rows``."""
+    """Fill ``means``, ``stds``, ``win_rates`` and ``protocol_gaps`` from ``rows``."""
     for m in result.metrics:
         result.means[m], result.stds[m], result.win_rates[m] = {}, {}, {}
         by_key: dict[str, dict[tuple, float]] = {}
@@ -175,6 +249,7 @@ def summarise(result: EvalResult) -> None:
                 wins = sum(1.0 if by_key[a][k] > by_key[b][k] else 0.5 if by_key[a][k] == by_key[b][k] else 0.0
                            for k in keys)
                 result.win_rates[m][a][b] = wins / len(keys) if keys else float("nan")
+    result.protocol_gaps = protocol_gaps(result.rows, result.metrics)
 
 
 def evaluate_negatives(backend: DiffusionBackend, negatives: Mapping[str, torch.Tensor], items: Sequence[PromptItem],
@@ -196,7 +271,11 @@ def evaluate_negatives(backend: DiffusionBackend, negatives: Mapping[str, torch.
     if not items:
         raise RenegError("evaluate_negatives needs at least one prompt.")
     for label, tensor in negatives.items():
+        tensor = tensor.init if isinstance(tensor, PerSampleNegative) else tensor
         check_compatible(tensor, backend.context_dim, where=f"model '{backend.name}' (negative {label})")
+    from .rewards.benchmark_protocol import with_protocol
+
+    metrics = with_protocol(dict(metrics), config.protocol)
     items = distinct_group_names(items)
     ipp = max(1, config.images_per_prompt)
     pairs = [(i, config.seed + i * ipp + j) for i in range(len(items)) for j in range(ipp)]
@@ -214,8 +293,19 @@ def evaluate_negatives(backend: DiffusionBackend, negatives: Mapping[str, torch.
         cond = backend.encode_prompts(prompts)
         latents = batch_latents(backend, [s for _, s in chunk], config.height, config.width)
         for label, negative in negatives.items():
-            images = render(backend, cond, negative.to(backend.device), latents, config.num_inference_steps,
-                            config.guidance_scale, config.mixed_precision)
+            if isinstance(negative, PerSampleNegative):
+                from .refine import RefineConfig, refine_batch
+
+                rcfg = RefineConfig(max_steps=negative.max_steps, patience=negative.patience, lr=negative.lr,
+                                    num_inference_steps=config.num_inference_steps,
+                                    guidance_scale=config.guidance_scale, height=config.height,
+                                    width=config.width, mixed_precision=config.mixed_precision)
+                refined = refine_batch(backend, negative.reward, prompts, negative.init, [s for _, s in chunk],
+                                       rcfg, conds=cond)
+                images = torch.cat([r.image for r in refined]).to(backend.device)
+            else:
+                images = render(backend, cond, negative.to(backend.device), latents, config.num_inference_steps,
+                                config.guidance_scale, config.mixed_precision)
             with torch.no_grad():
                 scores = {m: reward.score(images, prompts).float().cpu() for m, reward in metrics.items()}
             for b, (i, seed) in enumerate(chunk):
@@ -327,7 +417,8 @@ def write_outputs(result: EvalResult, out: Path, config: EvalConfig, grid: dict,
                "groups": result.groups, "n_prompts": len({r["prompt_id"] for r in result.rows}),
                "n_images_per_negative": len(result.rows) // max(1, len(result.negatives)),
                "means": result.means, "stds": result.stds, "win_rates": result.win_rates,
-               "baseline": result.negatives[0], "stopped": result.stopped, **(extra or {})}
+               "baseline": result.negatives[0], "stopped": result.stopped,
+               "protocol_gaps": result.protocol_gaps, **(extra or {})}
     atomic_write(files["results"], lambda tmp: Path(tmp).write_text(
         json.dumps(payload, indent=2, sort_keys=False, allow_nan=True), "utf-8"))
     result.files = {k: str(v) for k, v in files.items()}

@@ -64,3 +64,15 @@ class DiffusionBackend(Protocol):
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text conditioning ``[len(prompts), T, D]`` (no grad). ``""`` gives the null-text embedding."""
         ...
+
+
+def encode_fp32(backend: DiffusionBackend, prompts: Sequence[str]) -> torch.Tensor:
+    """Text conditioning ``[len(prompts), T, D]`` computed in fp32, e.g. the null-text start of training.
+
+    Backends with an optional ``encode_prompts_fp32`` method (the diffusers backend) run their text encoder in
+    fp32 for it, so an fp16 model does not round the embedding through fp16; others return
+    ``encode_prompts(...)`` as fp32.
+    """
+    fn = getattr(backend, "encode_prompts_fp32", None)
+    out = fn(list(prompts)) if fn is not None else backend.encode_prompts(list(prompts))
+    return out.float()

@@ -1,7 +1,8 @@
 """Global ReNeg training: one negative embedding for all prompts by gradient ascent on a reward (paper Sec. 3).
 
-Each optimizer step draws, from a ``torch.Generator`` the trainer owns (saved in checkpoints), one DDIM step
-index ``t`` among the last ``last_k`` steps and ``batch_size`` (prompt, x_T seed) samples. The global batch is
+Each optimizer step draws, from a ``torch.Generator`` the trainer owns (saved in checkpoints), ``batch_size``
+(DDIM step index ``t`` among the last ``last_k`` steps, prompt, x_T seed) samples -- one ``t`` per sample, as
+ReFL draws per forward (``t_sampling="step"``: one ``t`` shared by the step's samples, the earlier rule). The global batch is
 split evenly over processes and, within a process, into micro-batches whose gradients accumulate; the
 gradients of ``−mean(reward)`` are summed over processes. Because the draws do not depend on the number of
 processes or the micro-batch size, a run's result depends only on the recipe (up to float summation order),
@@ -29,7 +30,7 @@ from .ddim import initial_latents, make_scheduler, sample
 from .distributed import DistContext
 from .embedding_io import check_compatible, save_embedding
 from .errors import NothingLearnedError, RenegError
-from .model_boundary import DiffusionBackend
+from .model_boundary import DiffusionBackend, encode_fp32
 from .outputs import OutputLock
 from .objective import draw_step_index, reneg_objective
 from .rewards.base import Reward
@@ -38,6 +39,8 @@ from .training_log import log_paths, plot_rewards, write_csv
 MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Config fields that do not change the optimisation (may differ between a run and its resumption).
 NON_RECIPE_FIELDS = ("micro_batch", "gradient_checkpointing", "save_every", "preview_every", "preview_prompt")
+#: Recipe fields added later, with the value a saved recipe without them was trained with (for --resume).
+RECIPE_DEFAULTS = {"t_sampling": "step", "weight_decay_target": "zero"}
 
 ProgressFn = Callable[[int, int, float, Optional[torch.Tensor]], None]
 
@@ -56,6 +59,8 @@ class TrainConfig:
     num_inference_steps: int = 30
     guidance_scale: float = 7.5
     last_k: int = 10              #: t is drawn uniformly from the last ``last_k`` DDIM steps
+    t_sampling: str = "sample"    #: "sample": one t per sample; "step": one t per optimizer step (earlier rule)
+    weight_decay_target: str = "zero"  #: "zero": AdamW's decay toward 0; "init": decay toward the start embedding
     height: int = 512
     width: int = 512
     seed: int = 0
@@ -84,6 +89,10 @@ class TrainConfig:
              f"lr_schedule must be 'cosine' or 'constant' (got {self.lr_schedule!r}).")
         need(0 <= self.warmup_steps < self.steps or self.warmup_steps == 0, "warmup_steps must be < steps.")
         need(self.height > 0 and self.width > 0, "height and width must be positive.")
+        need(self.t_sampling in ("sample", "step"),
+             f"t_sampling must be 'sample' or 'step' (got {self.t_sampling!r}).")
+        need(self.weight_decay_target in ("zero", "init"),
+             f"weight_decay_target must be 'zero' or 'init' (got {self.weight_decay_target!r}).")
 
     def recipe(self) -> dict:
         """The fields that define the optimisation (stored in the embedding metadata and checkpoints)."""
@@ -176,18 +185,32 @@ def prompts_digest(prompts: Sequence[str]) -> str:
 
 @dataclass
 class StepDraw:
-    """What one optimizer step uses: the DDIM step index and, per sample, a prompt index and an x_T seed."""
+    """What one optimizer step uses: per sample a DDIM step index, a prompt index and an x_T seed."""
 
-    step_index: int
+    step_indices: list[int]
     prompt_ids: list[int]
     seeds: list[int]
 
+    @property
+    def step_index(self) -> float:
+        """The step index (its mean over the samples when they differ), for logs."""
+        return self.step_indices[0] if len(set(self.step_indices)) == 1 else \
+            round(sum(self.step_indices) / len(self.step_indices), 2)
+
 
 def draw_step(generator: torch.Generator, n_prompts: int, config: TrainConfig) -> StepDraw:
-    t = draw_step_index(config.num_inference_steps, config.last_k, generator)
+    """The draws of one optimizer step, all up front (so they do not depend on micro-batch or world size).
+
+    With one sample both rules draw the same numbers (a batch of one trains as before per-sample t existed).
+    """
+    n, k = config.num_inference_steps, max(1, min(config.last_k, config.num_inference_steps))
+    if config.t_sampling == "step":
+        ts = [draw_step_index(n, k, generator)] * config.batch_size
+    else:
+        ts = (n - k + torch.randint(k, (config.batch_size,), generator=generator)).tolist()
     ids = torch.randint(n_prompts, (config.batch_size,), generator=generator).tolist()
     seeds = torch.randint(2 ** 62, (config.batch_size,), generator=generator).tolist()
-    return StepDraw(t, ids, seeds)
+    return StepDraw(ts, ids, seeds)
 
 
 def batch_latents(backend: DiffusionBackend, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
@@ -212,14 +235,17 @@ class _Trainer:
         self.reward = for_precision(reward, config.mixed_precision)
         self.callbacks, self.dist, self.out, self.meta = callbacks, dist, out, meta
         self.device = backend.device
-        init = init_negative if init_negative is not None else backend.encode_prompts([""])
+        init = init_negative if init_negative is not None else encode_fp32(backend, [""])
         check_compatible(init, backend.context_dim, where=f"model '{backend.name}'")
         if init.dim() == 2:
             init = init.unsqueeze(0)
         if init.shape[0] != 1:
             raise RenegError(f"The initial negative must be [1, T, D]; got {list(init.shape)}.")
         self.negative = torch.nn.Parameter(init.detach().to(self.device, torch.float32).clone())
-        self.optimizer = torch.optim.AdamW([self.negative], lr=config.lr, weight_decay=config.weight_decay)
+        self.anchor = self.negative.detach().clone()  # the start: target of weight_decay_target="init"
+        to_init = config.weight_decay_target == "init"
+        self.optimizer = torch.optim.AdamW([self.negative], lr=config.lr,
+                                           weight_decay=0.0 if to_init else config.weight_decay)
         self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(config))
         use_scaler = config.mixed_precision == "fp16" or backend.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 10, enabled=use_scaler)
@@ -237,6 +263,7 @@ class _Trainer:
             "recipe": json.dumps(self.config.recipe(), sort_keys=True),
             "prompts_sha256": prompts_digest(self.prompts), "meta": dict(self.meta),
             "identity": self.identity(),
+            "anchor": self.anchor.cpu().clone(),
         }
 
     def identity(self) -> dict:
@@ -259,7 +286,7 @@ class _Trainer:
             theirs = json.loads(state["recipe"])
         except (TypeError, ValueError) as exc:
             raise RenegError(f"{where}: the saved recipe is unreadable; delete the state and start over.") from exc
-        mine = self.config.recipe()
+        mine, theirs = self.config.recipe(), {**RECIPE_DEFAULTS, **theirs}
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if diff:
             details = ", ".join(f"{k}: saved {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
@@ -281,6 +308,8 @@ class _Trainer:
         except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
             raise RenegError(f"{where}: the optimizer/RNG part of the state is damaged ({type(exc).__name__}); "
                              "delete it and start over (--overwrite).") from exc
+        if "anchor" in state:
+            self.anchor = state["anchor"].to(self.device, torch.float32)
         self.step, self.skipped, self.log = int(state["step"]), int(state["skipped"]), list(state["log"])
 
     def save(self, final: bool) -> None:
@@ -326,7 +355,7 @@ class _Trainer:
         latents = batch_latents(self.backend, draw.seeds[lo:hi], cfg.height, cfg.width)
         with autocast_context(self.device, cfg.mixed_precision):
             rewards, _ = reneg_objective(self.backend, self.reward, prompts, cond, self.negative, latents,
-                                         draw.step_index, cfg.num_inference_steps, cfg.guidance_scale,
+                                         draw.step_indices[lo:hi], cfg.num_inference_steps, cfg.guidance_scale,
                                          scheduler=self.scheduler)
         return rewards.float()
 
@@ -355,6 +384,10 @@ class _Trainer:
         if finite:
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_([self.negative], cfg.max_grad_norm)
+            if cfg.weight_decay_target == "init" and cfg.weight_decay > 0:  # AdamW's decoupled decay, toward the start
+                with torch.no_grad():
+                    self.negative.sub_(self.optimizer.param_groups[0]["lr"] * cfg.weight_decay
+                                       * (self.negative - self.anchor))
             self.scaler.step(self.optimizer)
         else:
             self.skipped += 1
@@ -482,7 +515,8 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
 def _train_locked(backend, reward, prompts, config, callbacks, init_negative, out_path, resume, dist,
                   metadata) -> TrainResult:
     meta = {"base_model": backend.name, "reward": getattr(reward, "name", type(reward).__name__),
-            "processes": str(dist.world_size), **{k: str(v) for k, v in (metadata or {}).items()}}
+            "processes": str(dist.world_size), "weight_decay": str(config.weight_decay),
+            "weight_decay_target": config.weight_decay_target, "t_sampling": config.t_sampling, **{k: str(v) for k, v in (metadata or {}).items()}}
     trainer = _Trainer(backend, reward, prompts, config, callbacks or TrainCallbacks(), dist, out_path,
                        init_negative, meta)
     if out_path is not None:

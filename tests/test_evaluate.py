@@ -136,3 +136,21 @@ def test_a_group_named_all_beside_others_keeps_its_own_mean(backend):
     scores = {r["prompt"]: r["synthetic"] for r in res.rows}
     assert means["all (group)"] == pytest.approx(scores["a cat"])
     assert means[ALL] == pytest.approx(sum(scores.values()) / 3)
+
+
+def test_per_sample_refinement_in_evaluation_never_loses_to_its_start(backend):
+    """``refine:FILE`` negatives: refined per (prompt, seed) with the final-image rule on the metric itself, so
+    each image scores >= the start negative's image of the same seed."""
+    from reneg.core.evaluate import PerSampleNegative
+
+    reward = build_reward("tiny")
+    null = backend.encode_prompts([""]).float()
+    specs = parse_negative_specs("null,refine:null")
+    assert [s.kind for s in specs] == ["null", "refine"] and specs[1].label == "refined:null"
+    assert torch.equal(resolve_negative(backend, specs[1]), null)
+    config = EvalConfig(num_inference_steps=3, height=64, width=64, seed=2, batch_size=3, grid_thumb=64)
+    res = evaluate_negatives(backend, {"null": null, "refined": PerSampleNegative(null, reward, max_steps=2, lr=0.05)},
+                             ITEMS, {"tiny": reward}, config)
+    by = {(r["negative"], r["prompt_id"]): r["tiny"] for r in res.rows}
+    assert all(by[("refined", i)] >= by[("null", i)] for i in range(3))
+    assert any(by[("refined", i)] > by[("null", i)] for i in range(3))

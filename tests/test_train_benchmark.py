@@ -31,6 +31,11 @@ def test_cpu_benchmark_reports_side_by_side_figures(capsys, tmp_path):
     assert ratios["refine_over_generation"] == results["refine_10_steps_plus_image"]["seconds"] / \
         results["generation"]["seconds"]
     assert out.is_file()
+    # issue 10: both selection rules and the batching ratio, same run
+    assert results["refine_final"]["iterates"] == 11 and ratios["refine_final_over_generation"] > 0
+    assert results["refine_batching"]["speedup"] == results["refine_batching"]["one_by_one_seconds"] / \
+        results["refine_batching"]["batched_seconds"]
+    assert "final-image rule" in printed and "x faster than one by one" in printed
 
 
 def test_gpu_flag_builds_full_size_sd15_and_vit_h14():

@@ -136,7 +136,9 @@ def resolve_negative(backend, negative_file: Optional[str], negative_prompt: Opt
         tensor = load_embedding(negative_file).tensor
         check_compatible(tensor, backend.context_dim, where=f"model '{backend.name}'")
         return tensor
-    return backend.encode_prompts([negative_prompt or ""]).float().cpu()
+    from ..model_boundary import encode_fp32
+
+    return encode_fp32(backend, [negative_prompt or ""]).cpu()
 
 
 def save_images(images: torch.Tensor, out: str | Path, overwrite: bool = True) -> list[Path]:

@@ -1,5 +1,7 @@
-"""``reneg evaluate`` — compare negatives on a prompt set with reward metrics (reproduces the paper's Table 2:
-``--prompts hpsv2 --metrics hpsv2.1``). Writes results.json, scores.csv, summary.csv, grid.png, bars.png."""
+"""``reneg evaluate`` — compare negatives on a prompt set with reward metrics, Table-2 style (per-style means,
+win-rates). The paper's full comparison (null, handcrafted, global, per-sample refinement; HPSv2 benchmark and
+Parti-Prompts; three metrics) is ``reneg reproduce``. Writes results.json, scores.csv, summary.csv, grid.png,
+bars.png."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +19,12 @@ def register(sub) -> None:
                        description=__doc__)
     add_model_args(p)
     p.add_argument("--negatives", required=True, action="append",
-                   help="comma-separated: null, \"text:NEGATIVE PROMPT\", embedding files (repeatable; the first "
-                        "is the win-rate baseline)")
+                   help="comma-separated: null, \"text:NEGATIVE PROMPT\", preset:reneg-readme, embedding files, "
+                        "refine:FILE|refine:null (refined per prompt from it) (repeatable; the first is the "
+                        "win-rate baseline)")
+    p.add_argument("--refine-reward", default=None,
+                   help="reward of refine: negatives (default: the first metric)")
+    p.add_argument("--refine-steps", type=int, default=10, help="steps of refine: negatives (default 10)")
     p.add_argument("--prompts", required=True,
                    help="prompt file/folder, 'hpsv2' (HPSv2 benchmark, 4 styles), 'hpsv2:photo,anime' or 'parti'")
     p.add_argument("--limit", type=int_in(1), default=None, help="use the first N prompts of each group")
@@ -38,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--grid-prompts", type=int_in(1, 1000), default=8, help="prompt rows in grid.png")
     p.add_argument("--save-images", action="store_true", help="also save every image under OUT/images/")
     add_overwrite_arg(p, "the results of an earlier evaluation in --out")
+    p.add_argument("--protocol", choices=("differentiable", "benchmark", "both"), default="differentiable",
+                   help="score float images with the training preprocessing (default), as the official HPSv2 "
+                        "benchmark reads them (8-bit JPEG, PIL resize: metric NAME@benchmark), or both + the gap")
     p.set_defaults(func=run)
 
 
@@ -58,12 +67,22 @@ def run(args: argparse.Namespace) -> int:
     backend = load_backend_from_args(args)
     negatives = {s.label: resolve_negative(backend, s) for s in specs}
     metrics = build_metrics(args.metrics, args.reward_weights, backend.device, backend.dtype)
+    if any(s.kind == "refine" for s in specs):
+        from ..evaluate import PerSampleNegative
+        from .reward_args import build_reward_from_args
+
+        name = args.refine_reward or next(iter(metrics))
+        refine_reward = metrics[name] if name in metrics else build_reward_from_args(name, args.reward_weights,
+                                                                                      backend.device)
+        for s in specs:
+            if s.kind == "refine":
+                negatives[s.label] = PerSampleNegative(negatives[s.label], refine_reward, args.refine_steps)
     size = default_resolution(backend)
     config = EvalConfig(num_inference_steps=args.ddim_steps, guidance_scale=args.guidance,
                         height=args.height or size, width=args.width or size, seed=args.seed,
                         images_per_prompt=args.images_per_prompt, batch_size=args.batch_size,
                         mixed_precision=args.mixed_precision, grid_prompts=args.grid_prompts,
-                        save_images=args.save_images)
+                        save_images=args.save_images, protocol=args.protocol)
     info = {"model": backend.name, "prompt_set": args.prompts,
             "negative_sources": {s.label: {"kind": s.kind, "value": s.value} for s in specs}}
     total = len(items) * max(1, args.images_per_prompt)
@@ -78,5 +97,8 @@ def run(args: argparse.Namespace) -> int:
                 if len(result.groups) > 1 else ""
             print(f"  {neg:<28} mean={result.means[m][neg]['all']:.4f}  "
                   f"win-rate vs {base}={result.win_rates[m][neg][base]:.3f}  {groups}")
+    for m, gap in result.protocol_gaps.items():
+        print(f"  {m}: benchmark - differentiable = {gap['mean_gap']:+.4f} (mean |gap| {gap['mean_abs_gap']:.4f}, "
+              f"pair order agreement {gap['pair_order_agreement']:.3f}, n={gap['n']})")
     print(f"wrote {args.out}/results.json, scores.csv, summary.csv, grid.png, bars.png")
     return 0

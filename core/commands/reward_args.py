@@ -27,14 +27,20 @@ def parse_weights(values: list[str]) -> Optional[str | dict[str, str]]:
     return {k.strip().lower(): v for k, _, v in (x.partition("=") for x in named)}
 
 
-def build_reward_from_args(name: str, weights: list[str], device: torch.device, dtype: torch.dtype):
+#: Rewards compute in fp32 whatever ``--dtype`` the diffusion model uses (issue 10: an fp16 ViT-H reward rounds
+#: scores and gradients; the fp32 copy costs ~4 GB for HPSv2's ViT-H-14).
+REWARD_DTYPE = torch.float32
+
+
+def build_reward_from_args(name: str, weights: list[str], device: torch.device, model_dtype: torch.dtype = None):
+    """The reward named on the command line, on ``device``, in fp32 (``model_dtype`` is not used for it)."""
     from ..rewards import build_reward
 
-    return build_reward(name, parse_weights(weights), device=device, dtype=dtype)
+    return build_reward(name, parse_weights(weights), device=device, dtype=REWARD_DTYPE)
 
 
-def build_metrics(names: str, weights: list[str], device: torch.device, dtype: torch.dtype) -> dict:
-    """``"hpsv2.1,pickscore,aesthetic"`` -> {name: Reward}; each metric is one reward (no weighted mixes)."""
+def build_metrics(names: str, weights: list[str], device: torch.device, model_dtype: torch.dtype = None) -> dict:
+    """``"hpsv2.1,pickscore,aesthetic"`` -> {name: Reward} in fp32; each metric is one reward (no mixes)."""
     from ..rewards import build_reward
 
     wmap = parse_weights(weights)
@@ -46,7 +52,7 @@ def build_metrics(names: str, weights: list[str], device: torch.device, dtype: t
         if ":" in name:
             raise RenegError(f"Metric {name!r}: metrics are single reward names (e.g. hpsv2.1,pickscore), not mixes.")
         w = wmap.get(name) if isinstance(wmap, dict) else wmap
-        metrics[name] = build_reward(name, w, device=device, dtype=dtype)
+        metrics[name] = build_reward(name, w, device=device, dtype=REWARD_DTYPE)
     if not metrics:
         raise RenegError("No metrics given; e.g. --metrics hpsv2.1,pickscore,aesthetic")
     return metrics

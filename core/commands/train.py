@@ -42,6 +42,10 @@ def register(sub) -> None:
     p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=guidance_arg, default=7.5,
                    help="CFG scale in training (default 7.5)")
     p.add_argument("--last-k", type=int_in(1, 1000), default=10, help="t is drawn from the last K DDIM steps (default 10)")
+    p.add_argument("--t-sampling", choices=("sample", "step"), default="sample",
+                   help="one DDIM step index t per sample (default, as ReFL) or one per optimizer step (earlier rule)")
+    p.add_argument("--weight-decay-target", choices=("zero", "init"), default="zero",
+                   help="AdamW's decay pulls toward 0 (default, the paper's AdamW) or toward the initial embedding")
     p.add_argument("--height", type=side_arg, default=None, help="image height (default: the model's native size)")
     p.add_argument("--width", type=side_arg, default=None, help="image width (default: the model's native size)")
     p.add_argument("--seed", type=seed_arg, default=0, help="default 0")
@@ -87,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, micro_batch=args.micro_batch, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lr_schedule=args.lr_schedule,
         num_inference_steps=args.ddim_steps, guidance_scale=args.guidance, last_k=args.last_k,
+        t_sampling=args.t_sampling, weight_decay_target=args.weight_decay_target,
         height=args.height or size, width=args.width or size, seed=args.seed,
         mixed_precision=args.mixed_precision, max_grad_norm=args.max_grad_norm,
         gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
