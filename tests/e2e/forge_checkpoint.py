@@ -44,7 +44,9 @@ def build(path: Path, seed: int = 0) -> Path:
                                             max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768))
     sd = {f"model.diffusion_model.{k}": v for k, v in unet.state_dict().items()}
     sd.update({f"first_stage_model.{k}": v for k, v in vae.state_dict().items()})
-    sd.update({f"cond_stage_model.transformer.{k}": v for k, v in clip.state_dict().items()})
+    # transformers 5 dropped CLIPTextModel's ``text_model.`` level; checkpoints (and Forge) keep it
+    sd.update({"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+               for k, v in clip.state_dict().items()})
     sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
