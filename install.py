@@ -81,8 +81,12 @@ def _freeze_constraints(skip: set[str]) -> str:
     """A pip constraints file pinning every installed distribution (except ``skip``) to its current version."""
     from importlib import metadata
 
-    pins = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions()
-                   if d.metadata["Name"] and _canon(d.metadata["Name"]) not in skip})
+    first: dict[str, str] = {}
+    for d in metadata.distributions():  # sys.path order: a shadowed copy (venv over a shared base) comes later
+        name = d.metadata["Name"]
+        if name and _canon(name) not in skip:
+            first.setdefault(_canon(name), f"{name}=={d.version}")
+    pins = sorted(first.values())
     fd, path = tempfile.mkstemp(prefix="reneg-host-constraints-", suffix=".txt")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write("\n".join(pins) + "\n")

@@ -3,7 +3,7 @@ IntegratedAutoencoderKL/VAE, memory management on CPU), loaded under ``torch.inf
 them, with the tiny ldm checkpoint's weights; compared with the A1111 (ldm) adapter on the same weights.
 
 Set ``FORGE_PATH`` to a stable-diffusion-webui-forge checkout whose ``repositories/huggingface_guess`` is cloned
-(or set ``HUGGINGFACE_GUESS_PATH``); Forge's extra dependency ``gguf`` must be installed. Like the A1111_PATH
+(or set ``HUGGINGFACE_GUESS_PATH``); ``gguf`` comes from its ``packages_3rdparty/``. Like the A1111_PATH
 end-to-end test this is skipped unless configured.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def pair(tmp_path_factory):
     ensure_ldm_importable()
     guess = os.environ.get("HUGGINGFACE_GUESS_PATH", str(Path(FORGE_PATH) / "repositories" / "huggingface_guess"))
     argv = sys.argv
-    sys.path[:0] = [FORGE_PATH, guess]
+    sys.path[:0] = [FORGE_PATH, guess, str(Path(FORGE_PATH) / "packages_3rdparty")]  # Forge vendors gguf there
     sys.argv = ["forge", "--always-cpu"]  # Forge parses its flags at import
     try:
         from backend.nn.unet import IntegratedUNet2DConditionModel

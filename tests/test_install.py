@@ -54,3 +54,19 @@ def test_host_mode_does_nothing_when_all_present(installer, monkeypatch):
 def test_requirements_never_pin_torch(installer):
     names = {installer._canon(installer._dist_name(s)) for s in installer._requirements("requirements.txt")}
     assert names.isdisjoint({"torch", "torchvision", "torchaudio"})
+
+
+def test_constraints_pin_the_copy_python_imports_when_a_package_is_shadowed(installer, tmp_path, monkeypatch):
+    """A venv over a shared base (``.pth``/--system-site-packages) can hold two versions of one package; only the
+    first on sys.path is pinned (two pins would make every pip install impossible)."""
+    for folder, version in (("venv", "1.26.2"), ("base", "2.4.6")):
+        info = tmp_path / folder / f"reneg_dupe_pkg-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: reneg_dupe_pkg\nVersion: {version}\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "venv"), str(tmp_path / "base"), *sys.path])
+    path = installer._freeze_constraints(set())
+    try:
+        pins = [p for p in Path(path).read_text().splitlines() if p.lower().startswith("reneg_dupe_pkg")]
+    finally:
+        Path(path).unlink()
+    assert pins == ["reneg_dupe_pkg==1.26.2"]

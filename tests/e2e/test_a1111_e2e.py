@@ -27,7 +27,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -84,13 +86,33 @@ def _maxdiff(a, b) -> int:
     return max(int(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
-def _prepare(data: Path) -> Path:
-    """Tiny checkpoint + yaml, two embeddings in models/ReNeg, extensions/reneg -> this repo; returns the ckpt."""
+@dataclass(frozen=True)
+class Host:
+    """A webui to launch: its checkout, its Python, files that must exist there, and extra launch flags."""
+    name: str
+    path: Optional[str]
+    python: str
+    required: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+
+
+A1111 = Host("A1111", A1111_PATH, os.environ.get("A1111_PYTHON", sys.executable),
+             required=("launch.py", "repositories/stable-diffusion-stability-ai"))
+
+
+def _prepare(data: Path, checkpoint: Optional[Path] = None) -> Path:
+    """Checkpoint (default: the tiny one + yaml), two embeddings in models/ReNeg, extensions/reneg -> this repo;
+    returns the ckpt."""
     from reneg.a1111_extension.tiny_checkpoint import write_checkpoint
     from reneg.core.embedding_io import save_embedding
 
-    ckpt = write_checkpoint(data / "models" / "Stable-diffusion", "reneg-tiny", "tiny",
-                            text_encoder_dir=data / "tiny-text-encoder")
+    if checkpoint is None:
+        ckpt = write_checkpoint(data / "models" / "Stable-diffusion", "reneg-tiny", "tiny",
+                                text_encoder_dir=data / "tiny-text-encoder")
+    else:
+        ckpt = data / "models" / "Stable-diffusion" / checkpoint.name
+        ckpt.parent.mkdir(parents=True)
+        ckpt.symlink_to(checkpoint)
     g = torch.Generator().manual_seed(7)
     save_embedding(data / "models" / "ReNeg" / f"{EMB}.safetensors", torch.randn(1, 77, 768, generator=g) * 0.5)
     save_embedding(data / "models" / "ReNeg" / f"{EMB_WRONG}.safetensors", torch.randn(1, 77, 1024, generator=g))
@@ -100,21 +122,22 @@ def _prepare(data: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _webui(data: Path, ckpt: Path, ui: bool):
+def _webui(data: Path, ckpt: Path, ui: bool, host: Host = A1111):
     """Run launch.py (API only, or with the gradio UI) on a free loopback port until the API answers."""
-    webui = Path(A1111_PATH)
-    if not (webui / "launch.py").is_file() or not (webui / "repositories" / "stable-diffusion-stability-ai").is_dir():
-        pytest.skip(f"{webui} is not a webui checkout with repositories/ cloned")
+    webui = Path(host.path)
+    missing = [r for r in host.required if not (webui / r).exists()]
+    if missing:
+        pytest.skip(f"{webui} is not a {host.name} checkout with {', '.join(missing)}")
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(data / "hf-home")}
     log_path = data / "webui.log"
     mode = ["--api"] if ui else ["--nowebui", "--api"]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [os.environ.get("A1111_PYTHON", sys.executable), "launch.py", "--data-dir", str(data), "--ckpt", str(ckpt),
+            [host.python, "launch.py", "--data-dir", str(data), "--ckpt", str(ckpt),
              *mode, "--port", str(port), "--server-name", "127.0.0.1", "--use-cpu", "all", "--no-half",
              "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-install", "--skip-version-check",
-             "--do-not-download-clip"], cwd=webui, env=env, stdout=log, stderr=subprocess.STDOUT)
+             "--do-not-download-clip", *host.flags], cwd=webui, env=env, stdout=log, stderr=subprocess.STDOUT)
         client = Webui(f"http://127.0.0.1:{port}")
         try:
             deadline = time.time() + 300
@@ -150,12 +173,17 @@ def ui_server(tmp_path_factory):
     data = tmp_path_factory.mktemp("a1111-ui")
     ckpt = _prepare(data)
     with _webui(data, ckpt, ui=True) as client:
-        config = client.get("/config")
-        ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
-        button = ids.get("reneg_train_button")
-        fn_index = next((i for i, d in enumerate(config["dependencies"])
-                         if button in d["targets"] or [button, "click"] in d["targets"]), None)
-        yield client, data, ids, fn_index
+        yield _ui_ids(client, data)
+
+
+def _ui_ids(client, data):
+    """(client, data, {elem_id: component id}, fn_index of the tab's Train button) from the gradio config."""
+    config = client.get("/config")
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
+    button = ids.get("reneg_train_button")
+    fn_index = next((i for i, d in enumerate(config["dependencies"])
+                     if button in d["targets"] or [button, "click"] in d["targets"]), None)
+    return client, data, ids, fn_index
 
 
 def test_script_is_registered_with_documented_args(setup):
