@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from ..core.errors import RenegError
 
@@ -39,9 +39,44 @@ def register_folders(folder_paths, pack_embeddings_dir: str | os.PathLike) -> No
         folder_paths.folder_names_and_paths[name] = (current, set(extensions))
 
 
-def embedding_choices(found: Iterable[str], released_filenames: Iterable[str]) -> list[str]:
-    """Dropdown entries: files found in the embedding folders plus the released files (downloaded on first use)."""
-    return sorted(set(found) | set(released_filenames), key=str.lower)
+#: Released-embedding families the nodes can use (SD1.x / SD2.x UNets); PixArt-α needs a transformer model.
+NODE_FAMILIES = frozenset({"sd1", "sd2"})
+
+
+def usable_released(released: Mapping[str, Any]) -> dict[str, Any]:
+    """``{filename: entry}`` of the released embeddings an SD1.x/SD2.x graph can use (entries have ``family``)."""
+    return {name: e for name, e in released.items() if e.family in NODE_FAMILIES}
+
+
+def embedding_choices(found: Iterable[str], released: Mapping[str, Any]) -> list[str]:
+    """Dropdown entries: files found in the embedding folders plus the usable released files (downloaded on
+    first use). Released files no SD1.x/SD2.x model can use are not offered, even when present on disk."""
+    unusable = {name for name, e in released.items() if e.family not in NODE_FAMILIES}
+    return sorted((set(found) | set(usable_released(released))) - unusable, key=str.lower)
+
+
+def released_for_width(released: Mapping[str, Any], width: int) -> list[str]:
+    """File names of the usable released embeddings that are ``width`` wide (e.g. 768: the SD1.x files)."""
+    return sorted(name for name, e in usable_released(released).items() if int(e.shape[-1]) == width)
+
+
+def embedding_problem(choice: str, released: Mapping[str, Any], find_local: Callable[[str], Any],
+                      directories: Iterable[str]) -> str | None:
+    """Why the Load node cannot use ``choice`` (checked when a graph is queued), or None if it can: a file in
+    the embedding folders (``find_local(name)`` is not None) or a usable released file (downloaded on first use)."""
+    try:
+        name = check_relative_name(choice, "embedding name")
+    except RenegError as exc:
+        return str(exc)
+    entry = released.get(name)
+    if entry is not None and entry.family not in NODE_FAMILIES:
+        usable = ", ".join(sorted(usable_released(released)))
+        return (f"'{name}' is a released embedding for another kind of model ({entry.base_model}), not "
+                f"SD1.x/SD2.x: these nodes cannot use it. Pick one of {usable}.")
+    if entry is not None or find_local(name) is not None:
+        return None
+    return (f"Embedding '{name}' not found in {list(directories)}. Put the file into models/reneg/, press R in "
+            "the graph to refresh the list, and pick it again.")
 
 
 def check_relative_name(name: str, what: str = "file name") -> str:

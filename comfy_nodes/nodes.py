@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 from typing_extensions import override
@@ -16,12 +17,12 @@ import folder_paths
 from comfy_api.latest import ComfyExtension, io, ui
 
 from ..core.embedding_io import check_compatible, load_embedding, save_embedding
-from ..core.errors import RenegError
+from ..core.errors import IncompatibleEmbeddingError, RenegError
 from ..core.released import PACK_EMBEDDINGS_DIR, download_released, released_embeddings
 from ..core.rewards import REWARD_NAMES
 from ..core.rewards.weights import REWARDS_DIR_ENV
 from ..core.train import TrainConfig
-from . import files
+from . import files, train_modes
 from .conditioning import apply_strength, pack, single_tensor
 from .model_adapter import encode_text
 
@@ -47,6 +48,17 @@ def _released_by_filename() -> dict:
     return {e.filename: e for e in released_embeddings().values()}
 
 
+def _released_usable() -> dict:
+    return files.usable_released(_released_by_filename())
+
+
+def unknown_embedding_message(choice: str) -> str | None:
+    """Why ``choice`` cannot be loaded (None: a file on disk or a usable released file)."""
+    return files.embedding_problem(choice, _released_by_filename(),
+                                   lambda name: folder_paths.get_full_path(files.EMBEDDING_FOLDER, name),
+                                   _embedding_dirs())
+
+
 def resolve_embedding(choice: str) -> Path:
     """Local file for a dropdown entry; a released file missing locally is downloaded (sha256-verified)."""
     name = files.check_relative_name(choice, "embedding name")
@@ -67,6 +79,8 @@ class LoadEmbedding(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         found = folder_paths.get_filename_list(files.EMBEDDING_FOLDER)
+        released = _released_usable()
+        by_width = {w: ", ".join(files.released_for_width(released, w)) for w in (768, 1024)}
         return io.Schema(
             node_id="ReNegLoadEmbedding",
             display_name="Load ReNeg Embedding",
@@ -75,16 +89,24 @@ class LoadEmbedding(io.ComfyNode):
                         "negative). Files come from models/reneg/ and the pack's embeddings/ folder; released "
                         "embeddings not yet on disk are downloaded on first use (sha256-verified).",
             inputs=[
-                io.Combo.Input("embedding", options=files.embedding_choices(found, _released_by_filename())),
+                io.Combo.Input("embedding", options=files.embedding_choices(found, _released_by_filename()),
+                               tooltip="A ReNeg embedding from models/reneg/ (press R after adding files). It "
+                                       "must match the checkpoint: released files for SD1.x models: "
+                                       f"{by_width[768]}; for SD2.x (768-v) models: {by_width[1024]}."),
                 io.Float.Input("strength", default=1.0, min=-1.0, max=3.0, step=0.05,
                                tooltip="Blend with the empty-prompt negative: 0 = plain empty prompt, 1 = the "
-                                       "embedding as trained. Values other than 1 need the CLIP input."),
-                io.Clip.Input("clip", optional=True,
-                              tooltip="The checkpoint's CLIP: checks the embedding fits the model and enables "
-                                      "strength."),
+                                       "embedding as trained."),
+                io.Clip.Input("clip",
+                              tooltip="The checkpoint's CLIP: the embedding is checked against the model family "
+                                      "(a mismatch is an error here, not deep inside the sampler) and strength "
+                                      "blends with its empty prompt."),
             ],
             outputs=[io.Conditioning.Output(display_name="negative")],
         )
+
+    @classmethod
+    def validate_inputs(cls, embedding) -> bool | str:
+        return unknown_embedding_message(embedding) or True
 
     @classmethod
     def fingerprint_inputs(cls, embedding, strength=1.0, clip=None):
@@ -95,12 +117,18 @@ class LoadEmbedding(io.ComfyNode):
         return f"{path}:{st.st_mtime_ns}:{st.st_size}"
 
     @classmethod
-    def execute(cls, embedding, strength=1.0, clip=None) -> io.NodeOutput:
+    def execute(cls, embedding, clip, strength=1.0) -> io.NodeOutput:
+        if clip is None:
+            raise RenegError("Load ReNeg Embedding needs the CLIP input: connect the checkpoint's CLIP.")
         emb = load_embedding(resolve_embedding(embedding))
-        null, pooled = (None, None)
-        if clip is not None:
-            null, pooled = encode_text(clip, "")
-            check_compatible(emb.tensor, int(null.shape[-1]), where="connected CLIP")
+        null, pooled = encode_text(clip, "")
+        width = int(null.shape[-1])
+        try:
+            check_compatible(emb.tensor, width, where="connected CLIP")
+        except IncompatibleEmbeddingError as exc:
+            fits = files.released_for_width(_released_usable(), width)
+            hint = f" Released files for this model: {', '.join(fits)}." if fits else ""
+            raise IncompatibleEmbeddingError(f"{embedding}: {exc}{hint}") from None
         tensor = apply_strength(emb.tensor, null, strength)
         return io.NodeOutput(pack(tensor, pooled))
 
@@ -144,29 +172,41 @@ class Refine(io.ComfyNode):
             node_id="ReNegRefine",
             display_name="ReNeg Refine (per prompt)",
             category=CATEGORY,
-            description="Refine the negative embedding for this prompt by gradient ascent on the reward "
-                        "(ReNeg per-prompt refinement). Feed refined_negative to a KSampler's negative.",
+            description="Type the prompt here: this node encodes it (the positive output, the same as CLIP Text "
+                        "Encode) and refines the negative embedding for it by gradient ascent on the reward "
+                        "(ReNeg per-prompt refinement). Feed positive and refined_negative to a KSampler, and "
+                        "give the KSampler the same seed.",
             inputs=[
-                io.Model.Input("model"),
-                io.Vae.Input("vae"),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative", tooltip="Initial negative (e.g. Load ReNeg Embedding)."),
-                Reward.Input("reward"),
-                io.String.Input("prompt_text", multiline=True, default="",
-                                tooltip="The positive prompt's text: the reward scores images against it."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Model.Input("model", tooltip="The SD1.x/SD2.x checkpoint's MODEL (the one the KSampler uses)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the prompt."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE: decodes the images the reward scores."),
+                io.Conditioning.Input("negative", tooltip="The negative to start from (e.g. Load ReNeg "
+                                                          "Embedding)."),
+                Reward.Input("reward", tooltip="The reward to maximise (Load ReNeg Reward)."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="The positive prompt: encoded for the KSampler (positive output) and the "
+                                        "text the reward scores the images against."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Noise seed: use the KSampler's seed (link one Int node into both) so the "
+                                     "refinement is for the image you sample. Fixed: it does not change on Run."),
                 io.Int.Input("sampling_steps", default=30, min=1, max=1000,
-                             tooltip="DDIM steps of the generation the reward is computed on."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Int.Input("width", default=512, min=64, max=4096, step=8),
-                io.Int.Input("height", default=512, min=64, max=4096, step=8),
+                             tooltip="DDIM steps of the generation the reward is computed on (use the "
+                                     "KSampler's steps)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale during refinement (use the KSampler's)."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8,
+                             tooltip="Image width (ignored when latent is connected)."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8,
+                             tooltip="Image height (ignored when latent is connected)."),
                 io.Int.Input("max_steps", default=10, min=1, max=1000, tooltip="Gradient steps at most."),
                 io.Int.Input("patience", default=3, min=1, max=1000,
                              tooltip="Stop after this many steps without a better reward."),
-                io.Float.Input("lr", default=5e-3, min=1e-6, max=1.0, step=1e-4, round=1e-6),
+                io.Float.Input("lr", default=5e-3, min=1e-6, max=1.0, step=1e-4, round=1e-6,
+                               tooltip="Learning rate of the refinement (Adam)."),
                 io.Latent.Input("latent", optional=True, tooltip="If connected, its size replaces width/height."),
             ],
             outputs=[
+                io.Conditioning.Output(display_name="positive"),
                 io.Conditioning.Output(display_name="refined_negative"),
                 io.String.Output(display_name="reward_trace"),
                 io.Image.Output(display_name="preview"),
@@ -174,19 +214,20 @@ class Refine(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, vae, positive, negative, reward, prompt_text, seed, sampling_steps, cfg, width,
+    def execute(cls, model, clip, vae, negative, reward, prompt, seed, sampling_steps, cfg, width,
                 height, max_steps, patience, lr, latent=None) -> io.NodeOutput:
-        from .refine_run import refine_conditioning
+        from .refine_run import encode_positive, refine_conditioning
 
         if latent is not None:
             samples = latent["samples"]
             height, width = int(samples.shape[-2]) * 8, int(samples.shape[-1]) * 8
-        result = refine_conditioning(model, vae, positive, negative, reward, prompt=prompt_text, seed=seed,
+        positive = encode_positive(clip, prompt)
+        result = refine_conditioning(model, vae, positive, negative, reward, prompt=prompt, seed=seed,
                                      num_inference_steps=sampling_steps, guidance_scale=cfg, width=width,
                                      height=height, max_steps=max_steps, patience=patience, lr=lr)
         trace = json.dumps({"trace": [round(float(x), 6) for x in result.trace], "best_step": result.best_step,
                             "start_reward": float(result.start_reward), "best_reward": float(result.best_reward)})
-        return io.NodeOutput(result.conditioning, trace, result.preview, ui=ui.PreviewText(trace))
+        return io.NodeOutput(positive, result.conditioning, trace, result.preview, ui=ui.PreviewText(trace))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,32 +239,46 @@ class TrainGlobal(io.ComfyNode):
             display_name="ReNeg Train Global",
             category=CATEGORY,
             description="Train one negative embedding for many prompts (ReNeg global training). Saves "
-                        "models/reneg/<save_name>.safetensors (+ .state to resume, a CSV log and a reward curve) "
-                        "every save_every steps, on interrupt and at the end.",
+                        "models/reneg/<save_name>.safetensors (+ .state to continue, a CSV log and a reward "
+                        "curve) every save_every steps, on interrupt and at the end. Run it again with more "
+                        "steps to train further ('continue').",
             inputs=[
-                io.Model.Input("model"),
-                io.Clip.Input("clip"),
-                io.Vae.Input("vae"),
-                Reward.Input("reward"),
+                io.Model.Input("model", tooltip="The SD1.x/SD2.x checkpoint's MODEL to train for."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the training prompts."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE: decodes the images the reward scores."),
+                Reward.Input("reward", tooltip="The reward to maximise (Load ReNeg Reward)."),
                 io.String.Input("prompts", multiline=True, default="",
                                 tooltip="One training prompt per line (used when prompts_file is empty)."),
                 io.String.Input("prompts_file", default="",
                                 tooltip="Optional prompt file/folder (.txt/.jsonl/.json/.csv/.tsv); relative "
                                         "paths are looked up in ComfyUI's input folder."),
-                io.Int.Input("steps", default=1000, min=1, max=1_000_000),
-                io.Int.Input("batch_size", default=8, min=1, max=4096),
+                io.Int.Input("steps", default=1000, min=1, max=1_000_000,
+                             tooltip="Total optimizer steps. With if_exists 'continue', raise it to train a saved "
+                                     "run further (2 -> 4 trains 2 more steps)."),
+                io.Int.Input("batch_size", default=8, min=1, max=4096,
+                             tooltip="Samples per optimizer step (the paper uses 64)."),
                 io.Int.Input("micro_batch", default=1, min=1, max=4096,
                              tooltip="Samples per forward/backward (memory); does not change the result."),
-                io.Float.Input("lr", default=5e-3, min=1e-6, max=1.0, step=1e-4, round=1e-6),
-                io.String.Input("save_name", default="reneg_negative"),
-                io.Boolean.Input("resume", default=True,
-                                 tooltip="Continue from save_name's .state if it exists (same settings/prompts)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF),
-                io.Int.Input("sampling_steps", default=30, min=1, max=1000),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Int.Input("width", default=512, min=64, max=4096, step=8),
-                io.Int.Input("height", default=512, min=64, max=4096, step=8),
-                io.Int.Input("save_every", default=100, min=0, max=1_000_000, tooltip="0: only at the end."),
+                io.Float.Input("lr", default=5e-3, min=1e-6, max=1.0, step=1e-4, round=1e-6,
+                               tooltip="Learning rate (AdamW, cosine schedule)."),
+                io.String.Input("save_name", default="reneg_negative",
+                                tooltip="File name in models/reneg/ (.safetensors added)."),
+                io.Combo.Input("if_exists", options=list(train_modes.IF_EXISTS), default=train_modes.CONTINUE,
+                               tooltip="When save_name already has a run: 'continue' it from its saved state "
+                                       "(only steps may change), 'restart' it from step 0 (replaces its files), "
+                                       "or keep it and save under a 'new name' (<save_name>_00002, ...; every "
+                                       "Run trains a new one)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Seed of the training draws (prompts, noise, timesteps). Fixed: a second Run "
+                                     "continues the same run instead of starting a different one."),
+                io.Int.Input("sampling_steps", default=30, min=1, max=1000,
+                             tooltip="DDIM steps of the generations trained on (the paper: 30)."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale during training (the paper: 7.5)."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Training image width."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Training image height."),
+                io.Int.Input("save_every", default=100, min=0, max=1_000_000,
+                             tooltip="Save the embedding and state every N steps (0: only at the end)."),
                 io.Int.Input("preview_every", default=50, min=0, max=1_000_000,
                              tooltip="Render a preview every N steps (costs one full generation; 0: never)."),
             ],
@@ -235,19 +290,36 @@ class TrainGlobal(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, save_name, if_exists) -> bool | str:
+        try:
+            files.check_relative_name(save_name, "save name")
+        except RenegError as exc:
+            return str(exc)
+        if if_exists not in train_modes.IF_EXISTS:
+            return f"if_exists must be one of {', '.join(train_modes.IF_EXISTS)} (got {if_exists!r})."
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, if_exists=train_modes.CONTINUE, **kwargs):
+        # 'new name' trains a new embedding on every Run; otherwise outputs are cached on the inputs as usual
+        return time.time_ns() if if_exists == train_modes.NEW_NAME else if_exists
+
+    @classmethod
     def execute(cls, model, clip, vae, reward, prompts, prompts_file, steps, batch_size, micro_batch, lr,
-                save_name, resume, seed, sampling_steps, cfg, width, height, save_every,
+                save_name, if_exists, seed, sampling_steps, cfg, width, height, save_every,
                 preview_every) -> io.NodeOutput:
         from .train_run import reward_curve_image, train_embedding
 
         prompt_list = _training_prompts(prompts, prompts_file)
-        out = Path(_embedding_dirs()[0]) / files.with_suffix(files.check_relative_name(save_name, "save name"))
         config = TrainConfig(steps=steps, batch_size=batch_size, micro_batch=min(micro_batch, batch_size), lr=lr,
                              num_inference_steps=sampling_steps, guidance_scale=cfg, height=height, width=width,
                              seed=seed, save_every=save_every, preview_every=preview_every)
-        result = train_embedding(model, clip, vae, reward, prompt_list, out, config, resume=resume)
+        plan = train_modes.plan_run(_embedding_dirs()[0], save_name, if_exists, config, prompt_list)
+        result = train_embedding(model, clip, vae, reward, prompt_list, plan, config)
+        out = plan.out
         return io.NodeOutput(pack(result.negative), reward_curve_image(out),
-                             ui=ui.PreviewText(f"saved {out} after {result.step}/{result.total_steps} steps"))
+                             ui=ui.PreviewText(f"{plan.describe(result.total_steps)}: saved {out} after "
+                                               f"{result.step}/{result.total_steps} steps"))
 
 
 def _training_prompts(prompts: str, prompts_file: str) -> list[str]:
@@ -274,7 +346,8 @@ class SaveEmbedding(io.ComfyNode):
             category=CATEGORY,
             description="Save a negative CONDITIONING as a ReNeg .safetensors (with metadata) in models/reneg/.",
             inputs=[
-                io.Conditioning.Input("conditioning"),
+                io.Conditioning.Input("conditioning", tooltip="The negative to save (e.g. from ReNeg Refine or "
+                                                              "ReNeg Train Global)."),
                 io.String.Input("filename_prefix", default="negative",
                                 tooltip="File name start; saved as models/reneg/<prefix>_00001.safetensors."),
                 io.String.Input("note", default="", optional=True, tooltip="Stored in the file's metadata."),

@@ -1,9 +1,9 @@
 """What the *ReNeg Refine (per prompt)* node does, on ComfyUI objects (imported inside ComfyUI only).
 
 The refinement itself is :func:`~..core.refine.refine_negative` — the same function the CLI's ``reneg refine``
-runs — on a :class:`~.model_adapter.ComfyBackend`. The positive CONDITIONING from the graph is passed as ``cond``
-(so the sampler's and the reward's prompt conditioning are the graph's own); the prompt text is what the reward
-scores the images against.
+runs — on a :class:`~.model_adapter.ComfyBackend`. The node encodes its prompt with the graph's CLIP exactly as
+*CLIP Text Encode* does (:func:`encode_positive`), refines against that conditioning and outputs it for the
+KSampler, so the prompt is typed once; the prompt text is what the reward scores the images against.
 """
 from __future__ import annotations
 
@@ -32,14 +32,24 @@ class NodeRefineResult:
     best_reward: float
 
 
+def encode_positive(clip, prompt: str) -> list[Any]:
+    """The prompt's CONDITIONING exactly as ComfyUI's *CLIP Text Encode* makes it (so Refine can be the one
+    place the prompt is typed)."""
+    if clip is None:
+        raise RenegError("ReNeg Refine needs the CLIP input (it encodes the prompt): connect the checkpoint's CLIP.")
+    if not prompt or not prompt.strip():
+        raise RenegError("The prompt is empty: type the positive prompt into ReNeg Refine (it is encoded for the "
+                         "KSampler and the reward scores the images against it).")
+    return clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+
+
 def refine_conditioning(model, vae, positive, negative, reward, *, prompt: str, seed: int = 0,
                         num_inference_steps: int = 30, guidance_scale: float = 7.5, width: int = 512,
                         height: int = 512, max_steps: int = 10, patience: int = 3, lr: float = 5e-3,
                         reporter: Optional[Reporter] = None) -> NodeRefineResult:
     """Refine the ``negative`` CONDITIONING for ``positive``/``prompt``; re-raises a user interrupt."""
     if not prompt or not prompt.strip():
-        raise RenegError("prompt_text is empty: the reward scores images against the prompt's text; enter the "
-                         "same text as the positive prompt.")
+        raise RenegError("The prompt is empty: the reward scores the images against the prompt's text.")
     init = single_tensor(negative, "negative")
     cond = fit_tokens(single_tensor(positive, "positive"), init.shape[1], "positive")
     reporter = reporter or comfy_reporter(max_steps + 1)

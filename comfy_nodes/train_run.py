@@ -6,12 +6,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..core.checkpoint import state_path
 from ..core.errors import RenegError
 from ..core.train import TrainCallbacks, TrainConfig, TrainResult, train_global
 from ..core.training_log import log_paths
 from .model_adapter import prepared
 from .progress import Reporter, comfy_reporter
+from .train_modes import TrainPlan
 
 
 def model_title(model) -> str:
@@ -19,14 +19,13 @@ def model_title(model) -> str:
     return f"comfyui:{type(model.model.model_config).__name__}"
 
 
-def train_embedding(model, clip, vae, reward, prompts: Sequence[str], out: Path, config: TrainConfig,
-                    resume: bool, reporter: Optional[Reporter] = None) -> TrainResult:
-    """Train (or resume) a global negative into ``out``; on interrupt save the partial file, then re-raise."""
-    state = state_path(out)
-    if state.exists() and not resume:
-        raise RenegError(f"{out.name} already has a training state ({state.name}). Turn on 'resume' to continue "
-                         "it, or choose another save name (or delete the old files).")
+def train_embedding(model, clip, vae, reward, prompts: Sequence[str], plan: TrainPlan, config: TrainConfig,
+                    reporter: Optional[Reporter] = None) -> TrainResult:
+    """Train, continue or restart a global negative as ``plan`` says (see :mod:`.train_modes`); on interrupt
+    save the partial file, then re-raise."""
     reporter = reporter or comfy_reporter(config.steps)
+    if plan.done_steps:
+        reporter.step(plan.done_steps)  # the bar starts where the saved run stopped
     with prepared(model, vae, clip, name=model_title(model)) as backend:
         reward = reward.to(backend.device)
 
@@ -35,7 +34,7 @@ def train_embedding(model, clip, vae, reward, prompts: Sequence[str], out: Path,
 
         result = train_global(backend, reward, list(prompts), config,
                               TrainCallbacks(progress=progress, should_stop=reporter.should_stop),
-                              out=out, resume=resume and state.exists(),
+                              out=plan.out, resume=plan.resume, overwrite=plan.overwrite, extend=plan.resume,
                               metadata={"created_by": "reneg-comfyui"})
     reporter.raise_if_interrupted()  # the partial embedding and state are on disk by now
     return result

@@ -271,7 +271,7 @@ class _Trainer:
         return {"reward": str(self.meta.get("reward", "")), "model": model_identity(self.backend.name),
                 "context_dim": int(self.backend.context_dim)}
 
-    def load_state_dict(self, state: dict, where: str) -> None:
+    def load_state_dict(self, state: dict, where: str, extend: bool = False) -> None:
         saved_id = state.get("identity") or {  # states written before the identity was recorded
             "reward": str(state.get("meta", {}).get("reward", "")),
             "model": model_identity(str(state.get("meta", {}).get("base_model", "")))}
@@ -288,6 +288,11 @@ class _Trainer:
             raise RenegError(f"{where}: the saved recipe is unreadable; delete the state and start over.") from exc
         mine, theirs = self.config.recipe(), {**RECIPE_DEFAULTS, **theirs}
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if extend and "steps" in diff:  # a new total is allowed; the lr schedule is re-planned over it
+            if self.config.steps < int(state["step"]):
+                raise RenegError(f"{where}: {state['step']} steps are already done; ask for at least that many "
+                                 f"steps to continue (got {self.config.steps}).")
+            diff.remove("steps")
         if diff:
             details = ", ".join(f"{k}: saved {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff)
             raise RenegError(f"{where}: cannot resume with a different recipe ({details}). "
@@ -311,6 +316,10 @@ class _Trainer:
         if "anchor" in state:
             self.anchor = state["anchor"].to(self.device, torch.float32)
         self.step, self.skipped, self.log = int(state["step"]), int(state["skipped"]), list(state["log"])
+        if extend:  # the optimizer holds the old schedule's lr for the next step: take the new schedule's
+            for group, base, factor in zip(self.optimizer.param_groups, self.lr_sched.base_lrs,
+                                           self.lr_sched.lr_lambdas):
+                group["lr"] = base * factor(self.lr_sched.last_epoch)
 
     def save(self, final: bool) -> None:
         """Write the embedding, ``<out>.state``, the CSV log and the reward curve (main process only)."""
@@ -476,14 +485,17 @@ def check_output(out: str | Path, resume: bool = False, overwrite: bool = False,
 def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[str], config: TrainConfig,
                  callbacks: Optional[TrainCallbacks] = None, *, init_negative: Optional[torch.Tensor] = None,
                  out: Optional[str | Path] = None, resume: bool = False, overwrite: bool = False,
-                 dist: Optional[DistContext] = None, metadata: Optional[dict] = None) -> TrainResult:
+                 dist: Optional[DistContext] = None, metadata: Optional[dict] = None,
+                 extend: bool = False) -> TrainResult:
     """Train one negative embedding for ``prompts``; see the module docstring.
 
     ``init_negative``: ``[1,T,D]`` start (default: the null-text embedding ``encode_prompts([""])``).
     ``out``: ``.safetensors`` path; the embedding (``status`` metadata ``partial``/``complete``), ``<out>.state``
     (resumable checkpoint), ``<stem>.log.csv`` and ``<stem>.rewards.png`` are written there every
     ``save_every`` steps, on interrupt and at the end. ``resume``: continue from ``<out>.state`` (same recipe
-    and prompts required). An existing state is never overwritten unless ``overwrite``.
+    and prompts required). An existing state is never overwritten unless ``overwrite``. ``extend`` (with
+    ``resume``): ``config.steps`` may differ from the saved run's (at least the steps done); the run continues
+    to the new total with the learning-rate schedule re-planned over it.
     ``dist``: process context of a launched multi-process run (:func:`.distributed.init_distributed`).
     """
     prompts = [p for p in prompts]
@@ -506,14 +518,14 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
             raise
     try:
         return _train_locked(backend, reward, prompts, config, callbacks, init_negative, out_path, resume, dist,
-                             metadata)
+                             metadata, extend)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train_locked(backend, reward, prompts, config, callbacks, init_negative, out_path, resume, dist,
-                  metadata) -> TrainResult:
+                  metadata, extend) -> TrainResult:
     meta = {"base_model": backend.name, "reward": getattr(reward, "name", type(reward).__name__),
             "processes": str(dist.world_size), "weight_decay": str(config.weight_decay),
             "weight_decay_target": config.weight_decay_target, "t_sampling": config.t_sampling, **{k: str(v) for k, v in (metadata or {}).items()}}
@@ -522,7 +534,7 @@ def _train_locked(backend, reward, prompts, config, callbacks, init_negative, ou
     if out_path is not None:
         spath = state_path(out_path)
         if resume:
-            trainer.load_state_dict(load_state(spath), str(spath))
+            trainer.load_state_dict(load_state(spath), str(spath), extend=extend)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(backend)
     result = trainer.run()

@@ -89,11 +89,37 @@ def test_fit_tokens():
 
 
 # --- files ----------------------------------------------------------------------------------------------------
-def test_embedding_choices_merge_found_and_released():
-    found = ["mine_00001.safetensors", "sd1.5_reneg_emb.bin", "sub/B.safetensors"]
-    released = ["sd1.5_reneg_emb.bin", "sd2.1_reneg_emb.bin"]
-    assert files.embedding_choices(found, released) == [
-        "mine_00001.safetensors", "sd1.5_reneg_emb.bin", "sd2.1_reneg_emb.bin", "sub/B.safetensors"]
+def released_registry():
+    from reneg.core.released import released_embeddings
+
+    return {e.filename: e for e in released_embeddings().values()}
+
+
+def test_embedding_choices_merge_found_and_usable_released():
+    found = ["mine_00001.safetensors", "sd1.5_reneg_emb.bin", "sub/B.safetensors", "pixart-alpha_reneg_emb.bin"]
+    assert files.embedding_choices(found, released_registry()) == [
+        "mine_00001.safetensors", "sd1.4_reneg_emb.bin", "sd1.5_reneg_emb.bin", "sd2.1_reneg_emb.bin",
+        "sub/B.safetensors"]  # PixArt-α's file fits no SD1.x/SD2.x model: never offered, even on disk
+
+
+def test_released_for_width_names_the_files_of_a_family():
+    reg = released_registry()
+    assert files.released_for_width(reg, 768) == ["sd1.4_reneg_emb.bin", "sd1.5_reneg_emb.bin"]
+    assert files.released_for_width(reg, 1024) == ["sd2.1_reneg_emb.bin"]
+    assert files.released_for_width(reg, 4096) == []
+
+
+def test_embedding_problem_is_the_queue_time_check(tmp_path):
+    reg = released_registry()
+    local = {"mine.safetensors"}
+    find = lambda name: name if name in local else None  # noqa: E731
+    assert files.embedding_problem("mine.safetensors", reg, find, [tmp_path]) is None
+    assert files.embedding_problem("sd2.1_reneg_emb.bin", reg, find, [tmp_path]) is None  # downloaded on use
+    missing = files.embedding_problem("gone.safetensors", reg, find, [tmp_path])
+    assert "'gone.safetensors' not found" in missing and "models/reneg/" in missing and "press R" in missing
+    pixart = files.embedding_problem("pixart-alpha_reneg_emb.bin", reg, find, [tmp_path])
+    assert "another kind of model" in pixart and "sd1.5_reneg_emb.bin" in pixart
+    assert "Invalid embedding name" in files.embedding_problem("../x.bin", reg, find, [tmp_path])
 
 
 @pytest.mark.parametrize("name", ["../x", "/abs/x", "a/../../x", "", "  ", "C:/x", "..\\x"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -68,18 +69,30 @@ def reward_node() -> dict:
     return {"class_type": "ReNegLoadReward", "inputs": {"reward": "tiny", "weights": "auto", "mix": ""}}
 
 
-def train_node(save_name: str, steps: int, save_every: int = 0, preview_every: int = 0) -> dict:
+def train_node(save_name: str, steps: int, save_every: int = 0, preview_every: int = 0,
+               if_exists: str = "continue", lr: float = 0.05) -> dict:
     return {"class_type": "ReNegTrainGlobal", "inputs": {
         "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "reward": ["reward", 0],
         "prompts": "a cat on a sofa\na red car\n" + PROMPT, "prompts_file": "", "steps": steps, "batch_size": 2,
-        "micro_batch": 1, "lr": 0.05, "save_name": save_name, "resume": False, "seed": 0,
+        "micro_batch": 1, "lr": lr, "save_name": save_name, "if_exists": if_exists, "seed": 0,
         "sampling_steps": SAMPLING_STEPS, "cfg": 7.5, "width": SIZE, "height": SIZE, "save_every": save_every,
         "preview_every": preview_every}}
 
 
-def probe_tensor(server, tag: str) -> tuple[torch.Tensor, dict]:
+def load_node(embedding: str, strength: float = 1.0) -> dict:
+    return {"class_type": "ReNegLoadEmbedding",
+            "inputs": {"embedding": embedding, "strength": strength, "clip": ["ckpt", 1]}}
+
+
+def probe_tensor(server, tag: str, which: str = "negative") -> tuple[torch.Tensor, dict]:
     with safe_open(str(server.output_dir / "reneg_probe" / f"{tag}.safetensors"), "pt") as fh:
-        return fh.get_tensor("negative"), fh.metadata()
+        return fh.get_tensor(which), fh.metadata()
+
+
+def node_errors(status: int, body) -> dict:
+    """``/prompt``'s refusal: ``{node_id: [error dicts]}``."""
+    assert status == 400, (status, body)
+    return {nid: e["errors"] for nid, e in body["node_errors"].items()}
 
 
 def saved_path(entry: dict, node: str) -> Path:
@@ -93,11 +106,44 @@ def test_nodes_registered_with_dropdowns(server):
         assert node in info, f"{node} missing from /object_info"
     options = info["ReNegLoadEmbedding"]["input"]["required"]["embedding"][1]["options"]
     assert "e2e_random.safetensors" in options and "sd2.1_reneg_emb.bin" in options  # files + registry
-    assert info["ReNegRefine"]["output"] == ["CONDITIONING", "STRING", "IMAGE"]
+    assert info["ReNegRefine"]["output"] == ["CONDITIONING", "CONDITIONING", "STRING", "IMAGE"]
+    assert info["ReNegRefine"]["output_name"][:2] == ["positive", "refined_negative"]
     templates = server.get("/workflow_templates")  # the frontend's template browser
-    assert sorted(templates[cs.PACK_FOLDER]) == ["reneg_load_ksampler", "reneg_refine", "reneg_train"]
-    served = server.get(f"/api/workflow_templates/{cs.PACK_FOLDER}/reneg_refine.json")
+    assert sorted(templates[cs.PACK_FOLDER]) == sorted(p.stem for p in EXAMPLES)
+    refine = next(p for p in EXAMPLES if "Refine" in p.stem)
+    served = server.get(f"/api/workflow_templates/{cs.PACK_FOLDER}/{urllib.parse.quote(refine.name)}")
     assert any(n["type"] == "ReNegRefine" for n in served["nodes"])
+
+
+def test_every_reneg_input_has_a_tooltip(server):
+    info = server.get("/object_info")
+    missing = [f"{node}.{name}" for node, spec in info.items() if node.startswith("ReNeg") and node != "ReNegE2EProbe"
+               for group in ("required", "optional") for name, (_, opts, *_) in spec["input"].get(group, {}).items()
+               if not (opts or {}).get("tooltip")]
+    assert not missing, f"inputs without a tooltip: {missing}"
+
+
+def test_released_files_offered_only_where_they_can_serve(server):
+    """PixArt-α's released file (120x4096) fits no SD1.x/SD2.x model: not in the dropdown, refused at queue."""
+    options = server.get("/object_info")["ReNegLoadEmbedding"]["input"]["required"]["embedding"][1]["options"]
+    assert {"sd1.4_reneg_emb.bin", "sd1.5_reneg_emb.bin", "sd2.1_reneg_emb.bin"} <= set(options)
+    assert "pixart-alpha_reneg_emb.bin" not in options
+    graph = {**base_graph("pixart"), **sampler(["neg", 0], "pixart"), "neg": load_node("pixart-alpha_reneg_emb.bin")}
+    errors = node_errors(*server.post("/prompt", {"prompt": graph}))
+    assert list(errors) == ["neg"], errors
+    assert "another kind of model" in json.dumps(errors["neg"]) and "sd1.5_reneg_emb.bin" in json.dumps(errors["neg"])
+
+
+def test_unknown_embedding_is_rejected_at_queue_time_with_the_fix(server):
+    graph = {**base_graph("unknown"), **sampler(["neg", 0], "unknown"), "neg": load_node("no_such_file.safetensors")}
+    errors = node_errors(*server.post("/prompt", {"prompt": graph}))
+    assert list(errors) == ["neg"], errors
+    text = json.dumps(errors["neg"])
+    assert "no_such_file.safetensors" in text and "not found" in text and "models/reneg/" in text
+    # a file copied into models/reneg/ after the page was loaded is accepted (checked on disk, not a stale list)
+    save_embedding(server.reneg_dir / "e2e_late.safetensors", torch.zeros(1, 77, 768))
+    graph["neg"] = load_node("e2e_late.safetensors")
+    server.run(graph)
 
 
 @pytest.mark.parametrize("name", ["e2e_random.safetensors", "sd1.5_reneg_emb.bin"])
@@ -105,8 +151,7 @@ def test_load_to_ksampler_feeds_the_file_bit_for_bit(server, name):
     if not (server.reneg_dir / name).exists():
         pytest.skip(f"{name} not available (released embeddings live in ../shared/fixtures/released)")
     tag = "load_" + name.split(".")[0].replace("-", "_")
-    graph = {**base_graph(tag), **sampler(["neg", 0], tag),
-             "neg": {"class_type": "ReNegLoadEmbedding", "inputs": {"embedding": name, "strength": 1.0}}}
+    graph = {**base_graph(tag), **sampler(["neg", 0], tag), "neg": load_node(name)}
     server.run(graph)
     got, meta = probe_tensor(server, tag)
     expected = load_embedding(server.reneg_dir / name).tensor
@@ -120,8 +165,7 @@ def test_strength_blends_with_the_clip_empty_prompt(server):
     graph["empty"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}}
     negatives = {"s0": ["neg0", 0], "s05": ["neg05", 0], "empty": ["empty", 0]}
     for strength, node in ((0.0, "neg0"), (0.5, "neg05")):
-        graph[node] = {"class_type": "ReNegLoadEmbedding", "inputs": {
-            "embedding": "e2e_random.safetensors", "strength": strength, "clip": ["ckpt", 1]}}
+        graph[node] = load_node("e2e_random.safetensors", strength)
     for tag, negative in negatives.items():
         graph[f"probe_{tag}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": tag}}
         parts = sampler(negative, tag)
@@ -139,30 +183,51 @@ def test_strength_blends_with_the_clip_empty_prompt(server):
 
 def test_mismatched_embedding_is_a_clear_node_error(server):
     save_embedding(server.reneg_dir / "e2e_sd2_width.safetensors", torch.zeros(1, 77, 1024))
-    graph = {**base_graph("mismatch"), **sampler(["neg", 0], "mismatch"),
-             "neg": {"class_type": "ReNegLoadEmbedding",
-                     "inputs": {"embedding": "e2e_sd2_width.safetensors", "strength": 1.0, "clip": ["ckpt", 1]}}}
+    graph = {**base_graph("mismatch"), **sampler(["neg", 0], "mismatch"), "neg": load_node("e2e_sd2_width.safetensors")}
     entry = server.wait(server.queue(graph))
     assert entry["status"]["status_str"] == "error"
     errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
-    assert errors and errors[0]["node_type"] == "ReNegLoadEmbedding"
-    assert "1024-wide" in errors[0]["exception_message"] and "768-wide" in errors[0]["exception_message"]
+    assert len(errors) == 1 and errors[0]["node_type"] == "ReNegLoadEmbedding", errors
+    message = errors[0]["exception_message"]
+    assert "1024-wide" in message and "768-wide" in message
+    assert "sd1.5_reneg_emb.bin" in message and "sd2.1" not in message  # names the files that fit this model
+
+
+def test_sd2_file_without_clip_is_refused_at_queue_not_inside_ksampler(server):
+    """Issue 3c: without the CLIP the loader could not check the family and KSampler failed with
+    'mat1 and mat2 shapes cannot be multiplied'. The CLIP input is required: one error on the ReNeg node."""
+    save_embedding(server.reneg_dir / "e2e_sd2_noclip.safetensors", torch.zeros(1, 77, 1024))
+    neg = load_node("e2e_sd2_noclip.safetensors")
+    del neg["inputs"]["clip"]
+    graph = {**base_graph("noclip"), **sampler(["neg", 0], "noclip"), "neg": neg}
+    errors = node_errors(*server.post("/prompt", {"prompt": graph}))
+    assert list(errors) == ["neg"], errors
+    assert errors["neg"][0]["type"] == "required_input_missing" and "clip" in json.dumps(errors["neg"])
 
 
 def test_refine_to_ksampler(server):
+    """The prompt is typed once (Refine outputs the positive, equal to CLIP Text Encode's bit for bit) and the
+    KSampler gets exactly the refined negative."""
     tag = "refine"
-    graph = {**base_graph(tag), **sampler(["refine", 0], tag),
-             "neg": {"class_type": "ReNegLoadEmbedding", "inputs": {"embedding": "e2e_random.safetensors",
-                                                                    "strength": 1.0}},
+    graph = {**base_graph(tag), **sampler(["refine", 1], tag),
+             "neg": load_node("e2e_random.safetensors"),
              "reward": reward_node(),
              "refine": {"class_type": "ReNegRefine", "inputs": {
-                 "model": ["ckpt", 0], "vae": ["ckpt", 2], "positive": ["pos", 0], "negative": ["neg", 0],
-                 "reward": ["reward", 0], "prompt_text": PROMPT, "seed": 5, "sampling_steps": SAMPLING_STEPS,
+                 "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "negative": ["neg", 0],
+                 "reward": ["reward", 0], "prompt": PROMPT, "seed": 5, "sampling_steps": SAMPLING_STEPS,
                  "cfg": 7.5, "width": SIZE, "height": SIZE, "max_steps": 3, "patience": 3, "lr": 0.05}},
              "save_neg": {"class_type": "ReNegSaveEmbedding",
-                          "inputs": {"conditioning": ["refine", 0], "filename_prefix": "e2e_refined"}},
-             "preview": {"class_type": "PreviewImage", "inputs": {"images": ["refine", 2]}}}
+                          "inputs": {"conditioning": ["refine", 1], "filename_prefix": "e2e_refined"}},
+             "preview": {"class_type": "PreviewImage", "inputs": {"images": ["refine", 3]}}}
+    graph["ks"]["inputs"]["positive"] = ["refine", 0]
+    # a second sampler fed by CLIP Text Encode of the same text: the reference positive
+    ref = sampler(["neg", 0], "refine_ref")
+    graph.update({"probe_ref": {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": "refine_ref"}},
+                  "ks_ref": {**ref["ks"], "inputs": {**ref["ks"]["inputs"], "model": ["probe_ref", 0]}},
+                  "decode_ref": {**ref["decode"], "inputs": {**ref["decode"]["inputs"], "samples": ["ks_ref", 0]}},
+                  "save_ref": {**ref["save_img"], "inputs": {**ref["save_img"]["inputs"], "images": ["decode_ref", 0]}}})
     entry = server.run(graph)
+    assert torch.equal(probe_tensor(server, tag, "positive")[0], probe_tensor(server, "refine_ref", "positive")[0])
     report = json.loads(entry["outputs"]["refine"]["text"][0])
     trace = report["trace"]
     assert len(trace) >= 2 and all(math.isfinite(x) for x in trace)
@@ -194,12 +259,63 @@ def test_train_three_steps_save_then_load(server):
     assert entry["outputs"]["curve"]["images"], "reward curve image missing"
 
     tag = "load_trained"
-    graph = {**base_graph(tag), **sampler(["neg", 0], tag),
-             "neg": {"class_type": "ReNegLoadEmbedding", "inputs": {"embedding": "e2e_train.safetensors",
-                                                                    "strength": 1.0}}}
+    graph = {**base_graph(tag), **sampler(["neg", 0], tag), "neg": load_node("e2e_train.safetensors")}
     server.run(graph)
     got, _ = probe_tensor(server, tag)
     assert torch.equal(got, trained.tensor)
+
+
+def _train_graph(save_name: str, steps: int, **kw) -> dict:
+    return {"ckpt": base_graph("x")["ckpt"], "reward": reward_node(), "train": train_node(save_name, steps, **kw)}
+
+
+def _log_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path.with_name(path.stem + ".log.csv"), newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _train_error(server, graph: dict) -> str:
+    entry = server.wait(server.queue(graph))
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "error" and len(errors) == 1, entry["status"]
+    assert errors[0]["node_type"] == "ReNegTrainGlobal"
+    return errors[0]["exception_message"]
+
+
+def test_training_graph_reruns_continues_restarts_and_takes_a_new_name(server):
+    """Issue 3b: queueing a training graph twice, or asking for more steps (2 -> 4), must not fail with
+    'cannot resume with a different recipe'; continue / restart / new name do what they say."""
+    out = server.reneg_dir / "e2e_cont.safetensors"
+    server.run(_train_graph("e2e_cont", 2))
+    first = _log_rows(out)
+    assert load_embedding(out).metadata["steps"] == "2" and len(first) == 2
+    server.run(_train_graph("e2e_cont", 2))  # the same graph again: fine (nothing to do)
+    server.run(_train_graph("e2e_cont", 4))  # continue to 4 steps from the saved state
+    meta = load_embedding(out).metadata
+    assert (meta["steps"], meta["status"]) == ("4", "complete")
+    rows = _log_rows(out)
+    assert len(rows) == 4 and rows[:2] == first  # steps 1-2 are the saved run's: continued, not restarted
+    assert float(rows[2]["lr"]) > 0  # the schedule was re-planned over 4 steps (the 2-step one ended at 0)
+
+    message = _train_error(server, _train_graph("e2e_cont", 3))
+    assert "already has 4 training steps" in message and "restart" in message
+    message = _train_error(server, _train_graph("e2e_cont", 5, lr=0.01))
+    assert "lr 0.05 -> 0.01" in message and "'restart'" in message and "'new name'" in message
+
+    kept = load_embedding(out).tensor
+    server.run(_train_graph("e2e_cont", 3, if_exists="new name"))
+    renamed = server.reneg_dir / "e2e_cont_00002.safetensors"
+    assert load_embedding(renamed).metadata["steps"] == "3" and torch.equal(load_embedding(out).tensor, kept)
+    server.run(_train_graph("e2e_cont", 3, if_exists="new name"))  # every Run with 'new name' is a new file
+    assert (server.reneg_dir / "e2e_cont_00003.safetensors").is_file()
+
+    server.run(_train_graph("e2e_cont", 2, if_exists="restart"))
+    assert load_embedding(out).metadata["steps"] == "2"
+    again = _log_rows(out)  # started over: the same seed draws the same steps again
+    assert [(r["step"], r["step_index"], r["lr"]) for r in again] == [(r["step"], r["step_index"], r["lr"]) for r in first]
+    assert [float(r["reward_mean"]) for r in again] == pytest.approx([float(r["reward_mean"]) for r in first], rel=1e-5)
 
 
 def test_interrupt_mid_train_leaves_valid_partial_file(server):
@@ -269,7 +385,7 @@ EXAMPLES = sorted((cs.REPO_ROOT / "example_workflows").glob("*.json"))
 #: Shrink the example graphs to the test model and CPU sizes (by input name; only widget values are replaced).
 EXAMPLE_OVERRIDES = {"ckpt_name": cs.CHECKPOINT_NAME, "width": SIZE, "height": SIZE, "steps": 2,
                      "sampling_steps": SAMPLING_STEPS, "max_steps": 2, "batch_size": 1, "save_every": 0,
-                     "preview_every": 1, "resume": False}
+                     "preview_every": 1}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
