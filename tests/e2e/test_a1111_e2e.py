@@ -152,9 +152,9 @@ def ui_server(tmp_path_factory):
     with _webui(data, ckpt, ui=True) as client:
         config = client.get("/config")
         ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
-        button = ids.get("reneg_train_button")
+        # the Train button first clears the old result, then runs the job: the job is the step with the JS hook
         fn_index = next((i for i, d in enumerate(config["dependencies"])
-                         if button in d["targets"] or [button, "click"] in d["targets"]), None)
+                         if "reneg_start_training" in str(d.get("js") or "")), None)
         yield client, data, ids, fn_index
 
 
