@@ -46,7 +46,7 @@ DEFAULTS = dict(steps=50, batch_size=2, micro_batch=1, inference_steps=20, width
 def error_html(message: str) -> str:
     import html
 
-    return f"<div class='error'>{html.escape(message)}</div>"
+    return f"<div class='error reneg-error'><b>ReNeg training failed:</b> {html.escape(message)}</div>"
 
 
 def reward_refresh():

