@@ -19,6 +19,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
+#: Where host mode remembers the version note it printed (shown again only when the versions change).
+NOTE_FILE = ROOT / ".install-note.txt"
+#: What needs the version requirements.txt asks for, when a host keeps an older one (A1111 v1.10 pins
+#: transformers 4.30.2, open_clip_torch 2.20.0, accelerate 0.21.0; upgrading transformers breaks that webui).
+FEATURE_NEEDS = {
+    "transformers": "only the standalone CLI's diffusers pipelines (`reneg ... --model <folder|hub id>`); "
+                    "nothing inside the webui needs it — do not upgrade it there, the webui depends on its pin",
+    "open_clip_torch": "the PickScore reward and the test reward 'tiny'; HPSv2.1, HPSv2 and aesthetic work "
+                       "with the older version",
+    "accelerate": "only multi-GPU training with `accelerate launch -m reneg train` (standalone CLI); nothing "
+                  "inside the webui or ComfyUI",
+}
 
 
 def _requirements(*files: str) -> list[str]:
@@ -81,16 +93,42 @@ def _freeze_constraints(skip: set[str]) -> str:
     """A pip constraints file pinning every installed distribution (except ``skip``) to its current version."""
     from importlib import metadata
 
-    first: dict[str, str] = {}
-    for d in metadata.distributions():  # sys.path order: a shadowed copy (venv over a shared base) comes later
+    seen: dict[str, str] = {}
+    for d in metadata.distributions():  # in sys.path order: the first of a name is the one Python imports
         name = d.metadata["Name"]
-        if name and _canon(name) not in skip:
-            first.setdefault(_canon(name), f"{name}=={d.version}")
-    pins = sorted(first.values())
+        if name and _canon(name) not in skip and _canon(name) not in seen:
+            seen[_canon(name)] = f"{name}=={d.version}"
+    pins = sorted(seen.values())
     fd, path = tempfile.mkstemp(prefix="reneg-host-constraints-", suffix=".txt")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write("\n".join(pins) + "\n")
     return path
+
+
+def version_note(older: list[tuple[str, str]]) -> str:
+    """What the host's older packages mean for ReNeg, package by package ('' when nothing is older)."""
+    if not older:
+        return ""
+    lines = ["[ReNeg] This Python keeps its own versions of some packages (ReNeg never changes them):"]
+    for spec, version in older:
+        name = _dist_name(spec)
+        need = FEATURE_NEEDS.get(name, "some ReNeg features")
+        lines.append(f"  - {name}=={version} (ReNeg's {spec} is for {need})")
+    return "\n".join(lines)
+
+
+def _note_once(note: str) -> None:
+    """Print ``note`` unless this exact note was printed before (remembered in :data:`NOTE_FILE`)."""
+    try:
+        if not note or (NOTE_FILE.is_file() and NOTE_FILE.read_text(encoding="utf-8") == note):
+            return
+    except OSError:
+        pass
+    print(note, flush=True)
+    try:
+        NOTE_FILE.write_text(note, encoding="utf-8")
+    except OSError:  # read-only extension folder: the note is printed again next time, nothing worse
+        pass
 
 
 def install_into_host() -> None:
@@ -102,11 +140,8 @@ def install_into_host() -> None:
     """
     reqs = _requirements("requirements.txt")
     absent = [s for s in reqs if _installed_version(_dist_name(s)) is None]
-    for spec in reqs:
-        version = _installed_version(_dist_name(spec))
-        if version is not None and not _satisfied(spec, version):
-            print(f"[ReNeg] keeping the host's {_dist_name(spec)}=={version} (ReNeg asks for {spec}); "
-                  "upgrade it yourself if a ReNeg feature fails.", flush=True)
+    older = [(spec, _installed_version(_dist_name(spec))) for spec in reqs]
+    _note_once(version_note([(s, v) for s, v in older if v is not None and not _satisfied(s, v)]))
     if not absent:
         return
     constraints = _freeze_constraints({_canon(_dist_name(s)) for s in absent})

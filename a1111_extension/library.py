@@ -51,6 +51,52 @@ def list_embeddings(dirs: Iterable[str | os.PathLike]) -> "OrderedDict[str, Embe
     return found
 
 
+_validity: dict[tuple, Optional[str]] = {}
+
+
+def check_file(path: str | os.PathLike) -> Optional[str]:
+    """None if ``path`` loads as a negative embedding, else the loader's own error message (cached per
+    path, size and mtime, so re-scanning the folder only re-reads changed files)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        return str(exc)
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _validity:
+        try:
+            load_embedding(p)
+            _validity[key] = None
+        except RenegError as exc:
+            _validity[key] = str(exc)
+    return _validity[key]
+
+
+def scan_embeddings(dirs: Iterable[str | os.PathLike]
+                    ) -> "tuple[OrderedDict[str, EmbeddingFile], OrderedDict[str, str]]":
+    """(loadable files by display name, ``{name: why it is not listed}`` for files that do not load)."""
+    good: "OrderedDict[str, EmbeddingFile]" = OrderedDict()
+    bad: "OrderedDict[str, str]" = OrderedDict()
+    for name, f in list_embeddings(dirs).items():
+        reason = check_file(f.path)
+        if reason is None:
+            good[name] = f
+        else:
+            bad[name] = reason
+    return good, bad
+
+
+def problems_html(bad: "dict[str, str]") -> str:
+    """A short HTML note listing the files left out of the dropdown and why ('' when there are none)."""
+    if not bad:
+        return ""
+    import html
+
+    items = "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(r)}</li>" for n, r in bad.items())
+    return (f"<div class='reneg-bad-files'><p>Not listed — {len(bad)} file(s) in the ReNeg folders could not be "
+            f"loaded:</p><ul>{items}</ul></div>")
+
+
 def resolve(name: str, dirs: Iterable[str | os.PathLike]) -> EmbeddingFile:
     """The file for a dropdown/infotext/API name; also accepts a file name with suffix or the bare stem."""
     if not name:

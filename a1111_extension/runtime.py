@@ -13,7 +13,7 @@ import torch
 from modules import devices, shared
 
 from ..core.errors import RenegError
-from ..core.rewards import build_reward, parse_reward_spec
+from ..core.rewards import build_reward
 from . import settings
 from .model_adapter import ForgeBackend, backend_for
 
@@ -49,9 +49,7 @@ def reward_dtype(device: torch.device) -> torch.dtype:
 def load_reward(spec: str, device: torch.device):
     """Build (or reuse) the reward ``spec`` with the weights configured in Settings → ReNeg."""
     spec = (spec or settings.opt("reneg_default_reward") or "hpsv2.1").strip().lower()
-    names = [n for n, _ in parse_reward_spec(spec)]
-    configured = settings.reward_weights()
-    weights = {n: configured[n] for n in names if configured.get(n)}
+    weights = {n: str(path) for n, path in check_reward(spec).items()}
     dtype = reward_dtype(device)
     key = (spec, tuple(sorted(weights.items())), str(device), str(dtype))
     if _reward_cache.get("key") == key:
@@ -63,6 +61,26 @@ def load_reward(spec: str, device: torch.device):
     if settings.opt("reneg_keep_reward_loaded"):
         _reward_cache.update(key=key, reward=reward)
     return reward
+
+
+def check_reward(spec: str) -> dict:
+    """``{reward: weights path}`` for ``spec``; a :class:`RenegError` in the webui's terms (which file, which
+    Settings → ReNeg entry) when a reward is unknown, not installed or its file is broken. Loads nothing."""
+    from .reward_setup import resolve_spec
+
+    spec = (spec or "").strip().lower()
+    if not spec:
+        raise RenegError("No reward chosen. " + (reward_note() or "Pick one in the Reward dropdown."))
+    return resolve_spec(spec, settings.reward_weights(), settings.rewards_dir())
+
+
+def reward_note() -> str:
+    """Plain-text version of the 'no reward installed' note ('' when one is installed)."""
+    import re
+
+    from .reward_setup import status_html
+
+    return re.sub(r"<[^>]+>", "", status_html(settings.installed_rewards(), settings.rewards_dir()))
 
 
 def release_reward() -> None:

@@ -8,15 +8,15 @@ from __future__ import annotations
 import gradio as gr
 
 from modules import scripts, shared
-from modules.ui_common import create_refresh_button
-from modules.ui_components import InputAccordion
+from modules.ui_components import InputAccordion, ToolButton
 
 from ..core.embedding_io import check_compatible, save_embedding
 from ..core.errors import RenegError
-from . import library, runtime, settings
+from . import library, reward_setup, runtime, settings
 from .model_adapter import model_context_dim
-from .script_logic import (KEY_REFINED, ScriptArgs, args_from_infotext, infotext_params, refine_batch,
-                           refine_key, summarize_refinement)
+from .script_logic import (KEY_NOT_APPLIED, KEY_REFINE_SKIPPED, OVERRIDES_ATTR, ScriptArgs, apply_overrides,
+                           args_from_infotext, infotext_params, refine_batch, refine_key, refine_params,
+                           summarize_refinement)
 from .uncond import UncondPlan, attach, PLAN_ATTR
 
 _embeddings = library.EmbeddingCache()
@@ -26,14 +26,32 @@ ARGS_ATTR = "reneg_script_args"
 
 
 def embedding_names() -> list[str]:
-    return list(library.list_embeddings(settings.embedding_dirs()))
+    """Loadable embeddings (the dropdown's choices); files that do not load are listed by :func:`bad_files_html`."""
+    return list(library.scan_embeddings(settings.embedding_dirs())[0])
 
 
-def _report(p, message: str) -> None:
-    """Tell the user (console + the comment shown under the generated images)."""
-    print(f"ReNeg: {message}", flush=True)
+def bad_files_html() -> str:
+    return library.problems_html(library.scan_embeddings(settings.embedding_dirs())[1])
+
+
+def refresh_embeddings():
+    note = bad_files_html()
+    return gr.update(choices=embedding_names()), gr.update(value=note, visible=bool(note))
+
+
+def refresh_rewards():
+    choices = settings.installed_rewards()
+    note = reward_setup.status_html(choices, settings.rewards_dir())
+    return gr.update(choices=choices), gr.update(value=note, visible=bool(note))
+
+
+def _report(p, key: str, message: str) -> None:
+    """Tell the user: console, the comment under the images, and ``key`` in the infotext / API info
+    (``info["extra_generation_params"]``), so API callers see it too."""
+    print(f"ReNeg: {key[len('ReNeg '):]}: {message}", flush=True)
+    p.extra_generation_params[key] = message
     try:
-        p.comment(f"ReNeg: {message}")
+        p.comment(f"{key}: {message}")
     except Exception:  # noqa: BLE001 - comments are best effort
         pass
 
@@ -49,21 +67,30 @@ class RenegScript(scripts.Script):
 
     def ui(self, is_img2img):
         names = embedding_names()
+        bad = bad_files_html()
+        rewards = settings.installed_rewards()
+        reward_note = reward_setup.status_html(rewards, settings.rewards_dir())
         with InputAccordion(False, label="ReNeg", elem_id=self.elem_id("enable")) as enabled:
             with gr.Row():
                 embedding = gr.Dropdown(label="Negative embedding", choices=names, value=names[0] if names else None,
                                         allow_custom_value=True, elem_id=self.elem_id("embedding"))
-                create_refresh_button(embedding, lambda: None, lambda: {"choices": embedding_names()},
-                                      self.elem_id("embedding_refresh"))
+                emb_refresh = ToolButton(value="\U0001f504", elem_id=self.elem_id("embedding_refresh"),
+                                         tooltip="Negative embedding: re-scan the ReNeg folders")
                 strength = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Strength",
                                      elem_id=self.elem_id("strength"))
+            bad_note = gr.HTML(bad, visible=bool(bad), elem_id=self.elem_id("bad_files"))
             with gr.Row():
                 refine = gr.Checkbox(False, label="Refine for this prompt", elem_id=self.elem_id("refine"))
                 refine_steps = gr.Slider(1, 50, value=10, step=1, label="Max refine steps",
                                          elem_id=self.elem_id("refine_steps"))
                 patience = gr.Slider(1, 20, value=3, step=1, label="Patience", elem_id=self.elem_id("patience"))
-                reward = gr.Textbox(value=str(settings.opt("reneg_default_reward")), label="Reward",
-                                    elem_id=self.elem_id("reward"))
+                reward = gr.Dropdown(label="Reward", choices=rewards, value=settings.default_reward(rewards),
+                                     allow_custom_value=True, elem_id=self.elem_id("reward"))
+                reward_refresh = ToolButton(value="\U0001f504", elem_id=self.elem_id("reward_refresh"),
+                                            tooltip="Reward: re-scan the installed reward weights")
+            reward_status = gr.HTML(reward_note, visible=bool(reward_note), elem_id=self.elem_id("reward_note"))
+        emb_refresh.click(fn=refresh_embeddings, inputs=[], outputs=[embedding, bad_note])
+        reward_refresh.click(fn=refresh_rewards, inputs=[], outputs=[reward, reward_status])
 
         def pasted(field):
             def restore(d):
@@ -83,10 +110,27 @@ class RenegScript(scripts.Script):
         return [enabled, embedding, strength, refine, refine_steps, patience, reward]
 
     # ------------------------------------------------------------------ processing
+    @property
+    def api_info(self):
+        """The webui's script info for ``/sdapi/v1/script-info``, with the embedding choices re-scanned on every
+        read (the webui builds it once with the UI, so new files would otherwise show only after Reload UI)."""
+        info = self.__dict__.get("_api_info")
+        if info is not None:
+            for arg in info.args:
+                if arg.label == "Negative embedding":
+                    arg.choices = embedding_names()
+                elif arg.label == "Reward":
+                    arg.choices = settings.installed_rewards()
+        return info
+
+    @api_info.setter
+    def api_info(self, value):
+        self.__dict__["_api_info"] = value
+
     def process(self, p, *args):
         attach(p, None)
         try:
-            a = ScriptArgs.from_args(args)
+            a = apply_overrides(ScriptArgs.from_args(args), getattr(p, OVERRIDES_ATTR, None))
             if not a.enabled:
                 return
             found = library.resolve(a.embedding, settings.embedding_dirs())
@@ -94,7 +138,7 @@ class RenegScript(scripts.Script):
                 emb, file_hash = _embeddings.load(found.path)
             check_compatible(emb.tensor, model_context_dim(shared.sd_model), where="loaded checkpoint")
         except RenegError as exc:
-            _report(p, f"not applied: {exc}")
+            _report(p, KEY_NOT_APPLIED, str(exc))
             return
         a.embedding = found.name
         p.extra_generation_params.update(infotext_params(a, file_hash))
@@ -115,7 +159,7 @@ class RenegScript(scripts.Script):
             with runtime.torch_load_unpatched():
                 reward = runtime.load_reward(a.reward, backend.device)
         except RenegError as exc:
-            _report(p, f"refinement skipped: {exc}")
+            _report(p, KEY_REFINE_SKIPPED, str(exc))
             return
         results = []
 
@@ -136,13 +180,15 @@ class RenegScript(scripts.Script):
         try:
             rows = refine_batch(refine_one, prompts, seeds)
         except RenegError as exc:
-            _report(p, f"refinement failed: {exc}")
+            _report(p, KEY_REFINE_SKIPPED, str(exc))
             return
         finally:
             runtime.release_reward()
         plan.set_negative(library.stack_rows(rows))
         if results:
-            p.extra_generation_params[KEY_REFINED] = summarize_refinement(results)
+            p.extra_generation_params.update(refine_params(a, summarize_refinement(results)))
+        else:
+            _report(p, KEY_REFINE_SKIPPED, "interrupted before refinement finished; the unrefined embedding was used")
 
     @staticmethod
     def _refine(p, backend, reward, prompt, seed, base, a: ScriptArgs, lr: float):

@@ -35,6 +35,13 @@ KEY_REFINE_STEPS = "ReNeg refine steps"
 KEY_PATIENCE = "ReNeg refine patience"
 KEY_REWARD = "ReNeg reward"
 KEY_REFINED = "ReNeg refined"
+#: Present (with the reason) when ReNeg was enabled but not applied / refinement was asked for but skipped; in
+#: the infotext and in the API's ``info["extra_generation_params"]``. Paste ignores them.
+KEY_NOT_APPLIED = "ReNeg not applied"
+KEY_REFINE_SKIPPED = "ReNeg refine skipped"
+#: Attribute of ``p`` the X/Y/Z plot axes set: ``{"embedding": name | NO_EMBEDDING, "strength": float}``.
+OVERRIDES_ATTR = "reneg_xyz_overrides"
+NO_EMBEDDING = "(none)"
 
 DEFAULT_REWARD = "hpsv2.1"
 
@@ -83,18 +90,43 @@ class ScriptArgs:
         return list(asdict(self).values())
 
 
+def apply_overrides(args: ScriptArgs, overrides: Optional[dict]) -> ScriptArgs:
+    """The args with X/Y/Z plot axis values applied: an embedding value enables ReNeg with that file
+    (:data:`NO_EMBEDDING` disables it); a strength value sets the strength (and enables ReNeg when an
+    embedding is chosen)."""
+    if not overrides:
+        return args
+    out = ScriptArgs(**asdict(args))
+    if "embedding" in overrides:
+        name = str(overrides["embedding"]).strip()
+        out.enabled = bool(name) and name != NO_EMBEDDING
+        out.embedding = "" if name == NO_EMBEDDING else name
+    if "strength" in overrides:
+        out.strength = float(overrides["strength"])
+        if not 0.0 <= out.strength <= 1.0:
+            raise RenegError(f"ReNeg strength must be within 0..1 (got {out.strength}).")
+        if "embedding" not in overrides and out.embedding:
+            out.enabled = True
+    return out
+
+
 def infotext_params(args: ScriptArgs, file_hash: str = "") -> dict[str, Any]:
-    """``p.extra_generation_params`` entries for an enabled run (defaults are left out)."""
+    """``p.extra_generation_params`` entries once the embedding is applied (defaults are left out).
+
+    Refinement settings are not here: :func:`refine_params` adds them only when refinement really ran, so
+    pasting the infotext of an image whose refinement was skipped does not turn refinement on."""
     params: dict[str, Any] = {KEY_NAME: args.embedding}
     if file_hash:
         params[KEY_HASH] = file_hash
     if args.strength != 1.0:
         params[KEY_STRENGTH] = args.strength
-    if args.refine:
-        params[KEY_REFINE_STEPS] = args.refine_steps
-        params[KEY_PATIENCE] = args.patience
-        params[KEY_REWARD] = args.reward
     return params
+
+
+def refine_params(args: ScriptArgs, summary: str) -> dict[str, Any]:
+    """Infotext entries of a refinement that ran (its settings and ``start->best (step n)``)."""
+    return {KEY_REFINE_STEPS: args.refine_steps, KEY_PATIENCE: args.patience, KEY_REWARD: args.reward,
+            KEY_REFINED: summary}
 
 
 def args_from_infotext(d: dict[str, Any]) -> Optional[ScriptArgs]:

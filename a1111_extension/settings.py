@@ -21,8 +21,10 @@ OPTIONS: dict[str, tuple[Any, str, Any, Optional[dict], str]] = {
                   "empty = models/ReNeg; never the webui's embeddings/ folder"),
     "reneg_default_reward": ("hpsv2.1", "Default reward", gr.Textbox, None,
                              "hpsv2.1, hpsv2, pickscore, aesthetic or a mix like hpsv2.1:1,aesthetic:0.5"),
-    "reneg_rewards_dir": ("", "Folder with reward weights (hub file/folder names)", gr.Textbox, None,
-                          "e.g. HPS_v2.1_compressed.pt, PickScore_v1/; empty = $RENEG_REWARDS_DIR / HF cache"),
+    "reneg_rewards_dir": ("", "Folder with reward weights", gr.Textbox, None,
+                          "files/folders by their hub names (HPS_v2.1_compressed.pt, PickScore_v1/, ...); "
+                          "empty = models/ReNeg-rewards; $RENEG_REWARDS_DIR and the Hugging Face cache are "
+                          "searched next"),
     "reneg_weights_hpsv2_1": ("", "HPSv2.1 weights file (HPS_v2.1_compressed.pt)", gr.Textbox, None, ""),
     "reneg_weights_hpsv2": ("", "HPSv2 weights file (HPS_v2_compressed.pt)", gr.Textbox, None, ""),
     "reneg_weights_pickscore": ("", "PickScore weights folder (PickScore_v1)", gr.Textbox, None, ""),
@@ -59,6 +61,25 @@ def reneg_dir() -> Path:
     return Path(d).expanduser() if d else Path(paths.models_path) / "ReNeg"
 
 
+def rewards_dir() -> Path:
+    """Where the webui looks for reward weights first (Settings → ReNeg, default ``models/ReNeg-rewards``)."""
+    d = str(opt("reneg_rewards_dir") or "").strip()
+    return Path(d).expanduser() if d else Path(paths.models_path) / "ReNeg-rewards"
+
+
+def installed_rewards() -> list[str]:
+    """Rewards whose weights are present (the reward dropdowns' choices)."""
+    from .reward_setup import installed
+
+    return installed(reward_weights(), rewards_dir())
+
+
+def default_reward(choices: list[str]) -> str:
+    """The settings' default reward if installed, else the first installed one, else ''."""
+    wanted = str(opt("reneg_default_reward") or "").strip()
+    return wanted if wanted in choices else (choices[0] if choices else "")
+
+
 def embedding_dirs() -> list[Path]:
     return [reneg_dir(), PACK_EMBEDDINGS_DIR]
 
@@ -75,8 +96,8 @@ def reward_weights() -> dict[str, Optional[str]]:
 @contextlib.contextmanager
 def rewards_dir_env() -> Iterator[None]:
     """Temporarily expose the settings' reward folder as ``$RENEG_REWARDS_DIR`` (the core's lookup)."""
-    folder = str(opt("reneg_rewards_dir") or "").strip()
-    if not folder or os.environ.get(REWARDS_DIR_ENV):
+    folder = str(rewards_dir())
+    if os.environ.get(REWARDS_DIR_ENV):
         yield
         return
     os.environ[REWARDS_DIR_ENV] = folder

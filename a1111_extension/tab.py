@@ -12,10 +12,12 @@ import gradio as gr
 from modules import shared
 from modules.call_queue import wrap_gradio_gpu_call
 from modules.ui_common import create_refresh_button
+from modules.ui_components import ToolButton
 
 from ..core.embedding_io import check_compatible
+from ..core.errors import RenegError
 from ..core.train import TrainConfig
-from . import library, runtime, settings
+from . import library, reward_setup, runtime, settings
 from .train_logic import TrainHooks, output_path, parse_prompts, run_training
 
 START_FROM_EMPTY = "(empty prompt)"
@@ -33,14 +35,48 @@ def _js(name: str) -> dict:
 
 
 def _start_choices() -> list[str]:
-    return [START_FROM_EMPTY] + list(library.list_embeddings(settings.embedding_dirs()))
+    return [START_FROM_EMPTY] + list(library.scan_embeddings(settings.embedding_dirs())[0])
+
+
+#: First-try defaults: a few minutes on a consumer GPU (the paper's 4000 steps x batch 64 take GPU-days).
+DEFAULTS = dict(steps=50, batch_size=2, micro_batch=1, inference_steps=20, width=512, height=512,
+                preview_every=10, save_every=25)
+
+
+def error_html(message: str) -> str:
+    import html
+
+    return f"<div class='error reneg-error'><b>ReNeg training failed:</b> {html.escape(message)}</div>"
+
+
+def reward_refresh():
+    """New reward dropdown choices and the 'not installed' note."""
+    choices = settings.installed_rewards()
+    note = reward_setup.status_html(choices, settings.rewards_dir())
+    return gr.update(choices=choices), gr.update(value=note, visible=bool(note))
 
 
 def train(id_task, prompts_text, prompts_file, name, start_from, resume, overwrite, steps, batch_size,
           micro_batch, lr, reward_spec, guidance_scale, inference_steps, width, height, seed, preview_every,
           save_every, preview_prompt):
-    """Gradio handler (wrapped by wrap_gradio_gpu_call): returns (gallery images, result HTML)."""
+    """Gradio handler (wrapped by wrap_gradio_gpu_call): returns (gallery images, result HTML).
+
+    Problems a user can fix (no prompts, bad name, reward not installed, ...) come back as the tab's error
+    message with an empty gallery; inputs and the reward are checked before the model is touched."""
+    try:
+        return _checked_train(prompts_text, prompts_file, name, start_from, resume, overwrite, steps, batch_size,
+                              micro_batch, lr, reward_spec, guidance_scale, inference_steps, width, height, seed,
+                              preview_every, save_every, preview_prompt)
+    except RenegError as exc:
+        print(f"ReNeg training: {exc}", flush=True)
+        return [], error_html(str(exc))
+
+
+def _checked_train(prompts_text, prompts_file, name, start_from, resume, overwrite, steps, batch_size,
+                   micro_batch, lr, reward_spec, guidance_scale, inference_steps, width, height, seed,
+                   preview_every, save_every, preview_prompt):
     prompts = parse_prompts(prompts_text, prompts_file)
+    runtime.check_reward(reward_spec)
     out = output_path(settings.reneg_dir(), name, forbidden=[getattr(shared.cmd_opts, "embeddings_dir", "")])
     config = TrainConfig(
         steps=int(steps), batch_size=int(batch_size), micro_batch=int(micro_batch), lr=float(lr),
@@ -81,7 +117,9 @@ def _train(prompts, out, config, start_from, resume, overwrite, reward_spec):
 
 
 def on_ui_tabs():
-    reward_default = str(settings.opt("reneg_default_reward"))
+    rewards = settings.installed_rewards()
+    reward_note = reward_setup.status_html(rewards, settings.rewards_dir())
+    d = DEFAULTS
     with gr.Blocks(analytics_enabled=False) as block:
         with gr.Row(equal_height=False):
             with gr.Column():
@@ -102,25 +140,30 @@ def on_ui_tabs():
                     resume = gr.Checkbox(False, label="Resume from <name>.safetensors.state", elem_id="reneg_train_resume")
                     overwrite = gr.Checkbox(False, label="Overwrite an existing run", elem_id="reneg_train_overwrite")
                 with gr.Row():
-                    steps = gr.Number(label="Steps", value=1000, precision=0, elem_id="reneg_train_steps")
-                    batch_size = gr.Number(label="Batch size", value=8, precision=0, elem_id="reneg_train_batch")
-                    micro_batch = gr.Number(label="Micro batch", value=1, precision=0,
+                    steps = gr.Number(label="Steps", value=d["steps"], precision=0, elem_id="reneg_train_steps")
+                    batch_size = gr.Number(label="Batch size", value=d["batch_size"], precision=0,
+                                           elem_id="reneg_train_batch")
+                    micro_batch = gr.Number(label="Micro batch", value=d["micro_batch"], precision=0,
                                             elem_id="reneg_train_micro_batch")
                     lr = gr.Number(label="Learning rate", value=5e-3, elem_id="reneg_train_lr")
                 with gr.Row():
-                    reward_spec = gr.Textbox(label="Reward", value=reward_default, elem_id="reneg_train_reward")
+                    reward_spec = gr.Dropdown(label="Reward", choices=rewards, value=settings.default_reward(rewards),
+                                              allow_custom_value=True, elem_id="reneg_train_reward")
+                    reward_refresh_button = ToolButton(value="\U0001f504", elem_id="reneg_train_reward_refresh",
+                                                       tooltip="Reward: re-scan the installed reward weights")
                     guidance_scale = gr.Number(label="CFG scale", value=7.5, elem_id="reneg_train_cfg")
-                    inference_steps = gr.Number(label="DDIM steps", value=30, precision=0,
-                                                elem_id="reneg_train_ddim_steps")
+                    inference_steps = gr.Number(label="DDIM steps", value=d["inference_steps"],
+                                                precision=0, elem_id="reneg_train_ddim_steps")
+                reward_status = gr.HTML(reward_note, visible=bool(reward_note), elem_id="reneg_train_reward_note")
                 with gr.Row():
-                    width = gr.Slider(64, 1024, value=512, step=64, label="Width", elem_id="reneg_train_width")
-                    height = gr.Slider(64, 1024, value=512, step=64, label="Height", elem_id="reneg_train_height")
+                    width = gr.Slider(64, 1024, value=d["width"], step=64, label="Width", elem_id="reneg_train_width")
+                    height = gr.Slider(64, 1024, value=d["height"], step=64, label="Height", elem_id="reneg_train_height")
                     seed = gr.Number(label="Seed", value=0, precision=0, elem_id="reneg_train_seed")
                 with gr.Row():
-                    preview_every = gr.Number(label="Preview every N steps (0: off)", value=50, precision=0,
-                                              elem_id="reneg_train_preview_every")
-                    save_every = gr.Number(label="Save every N steps (0: end only)", value=100, precision=0,
-                                           elem_id="reneg_train_save_every")
+                    preview_every = gr.Number(label="Preview every N steps (0: off)", value=d["preview_every"],
+                                              precision=0, elem_id="reneg_train_preview_every")
+                    save_every = gr.Number(label="Save every N steps (0: end only)", value=d["save_every"],
+                                           precision=0, elem_id="reneg_train_save_every")
                     preview_prompt = gr.Textbox(label="Preview prompt (default: first prompt)",
                                                 elem_id="reneg_train_preview_prompt")
                 with gr.Row():
@@ -129,12 +172,15 @@ def on_ui_tabs():
             with gr.Column():
                 gr.Text(elem_id="reneg_train_output", value="", show_label=False)  # progress bar goes here
                 gallery = gr.Gallery(label="Before / after / reward curve", show_label=False,
-                                     elem_id="reneg_train_gallery", columns=3)
+                                     elem_id="reneg_train_gallery", columns=3, object_fit="contain")
                 gr.HTML(elem_id="reneg_train_progress", value="")
                 result = gr.HTML(elem_id="reneg_train_result", value="")
         dummy = gr.Textbox(visible=False, elem_id="reneg_train_task_id")
-        train_button.click(
-            fn=wrap_gradio_gpu_call(train, extra_outputs=[gr.update()]),
+        reward_refresh_button.click(fn=reward_refresh, inputs=[], outputs=[reward_spec, reward_status])
+        # clear the previous run's result and images first (never from JS: gradio 3.41 gives the HTML's wrapper
+        # and its inner div the same id, and emptying the wrapper detaches the component), then train
+        train_button.click(fn=lambda: ([], ""), inputs=[], outputs=[gallery, result], queue=False).then(
+            fn=wrap_gradio_gpu_call(train, extra_outputs=[[]]),
             inputs=[dummy, prompts_text, prompts_file, name, start_from, resume, overwrite, steps, batch_size,
                     micro_batch, lr, reward_spec, guidance_scale, inference_steps, width, height, seed,
                     preview_every, save_every, preview_prompt],

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from reneg.a1111_extension import library
-from reneg.a1111_extension.script_logic import (KEY_NAME, KEY_REWARD, KEY_STRENGTH, ScriptArgs, args_from_infotext,
-                                                infotext_params, refine_batch, refine_key, summarize_refinement)
+from reneg.a1111_extension.script_logic import (KEY_NAME, KEY_REFINE_SKIPPED, KEY_REFINE_STEPS, KEY_REFINED,
+                                                KEY_REWARD, KEY_STRENGTH, NO_EMBEDDING, ScriptArgs, apply_overrides,
+                                                args_from_infotext, infotext_params, refine_batch, refine_key,
+                                                refine_params, summarize_refinement)
 from reneg.a1111_extension.train_logic import compose, curve_image, output_path, parse_prompts, tensor_to_pil
 from reneg.core.embedding_io import save_embedding
 from reneg.core.errors import RenegError
@@ -76,7 +78,7 @@ def test_script_args_from_ui_and_api():
 def test_infotext_roundtrip():
     a = ScriptArgs(enabled=True, embedding="sd1.5_reneg_emb", strength=0.75, refine=True, refine_steps=8,
                    patience=2, reward="pickscore")
-    params = infotext_params(a, "0123456789")
+    params = {**infotext_params(a, "0123456789"), **refine_params(a, "0.1000->0.2000 (step 2)")}
     assert params[KEY_NAME] == "sd1.5_reneg_emb" and params[KEY_STRENGTH] == 0.75 and params[KEY_REWARD] == "pickscore"
     # the webui writes these as "Key: value" and parses them back to strings
     parsed = {k: str(v) for k, v in params.items()}
@@ -146,3 +148,53 @@ def test_live_view_images():
     both = compose(imgs[0], curve)
     assert both.height == 200 and both.width > 320
     assert compose(None, curve) is curve
+
+
+def test_infotext_records_refinement_only_when_it_ran():
+    """Refine settings come from refine_params (after refinement ran), never from the enabled args alone: an
+    image whose refinement was skipped must not turn refinement on when its infotext is pasted."""
+    a = ScriptArgs(enabled=True, embedding="e", refine=True, refine_steps=8, patience=2, reward="hpsv2.1")
+    applied = infotext_params(a, "h")
+    assert KEY_REFINE_STEPS not in applied and KEY_REWARD not in applied
+    skipped = {**applied, KEY_REFINE_SKIPPED: "The hpsv2.1 reward is not installed"}
+    restored = args_from_infotext({k: str(v) for k, v in skipped.items()})
+    assert restored.enabled and not restored.refine
+    ran = {**applied, **refine_params(a, "0.1->0.2 (step 1)")}
+    assert ran[KEY_REFINED] == "0.1->0.2 (step 1)" and args_from_infotext({k: str(v) for k, v in ran.items()}).refine
+
+
+def test_xyz_overrides():
+    base = ScriptArgs(enabled=False, embedding="ui-choice", strength=1.0)
+    assert apply_overrides(base, None) is base
+    on = apply_overrides(base, {"embedding": "other"})
+    assert on.enabled and on.embedding == "other" and base.embedding == "ui-choice"
+    assert not apply_overrides(ScriptArgs(enabled=True, embedding="x"), {"embedding": NO_EMBEDDING}).enabled
+    s = apply_overrides(base, {"strength": 0.25})
+    assert s.enabled and s.embedding == "ui-choice" and s.strength == 0.25
+    assert not apply_overrides(ScriptArgs(), {"strength": 0.5}).enabled  # nothing chosen: stays off
+    both = apply_overrides(base, {"embedding": NO_EMBEDDING, "strength": 0.5})
+    assert not both.enabled
+    with pytest.raises(RenegError, match="0..1"):
+        apply_overrides(base, {"strength": 2})
+
+
+def test_broken_files_are_left_out_with_the_loaders_own_reason(tmp_path):
+    import os
+
+    from reneg.core.embedding_io import load_embedding
+
+    user = tmp_path / "models" / "ReNeg"
+    _write(user / "good.safetensors")
+    bad = user / "random.bin"
+    bad.write_bytes(os.urandom(2048))
+    (user / "empty.safetensors").write_bytes(b"")
+    good, problems = library.scan_embeddings([user])
+    assert list(good) == ["good"] and sorted(problems) == ["empty", "random"]
+    with pytest.raises(RenegError) as raised:
+        load_embedding(bad)
+    assert problems["random"] == str(raised.value)  # not re-worded
+    html = library.problems_html(problems)
+    assert "random" in html and "empty" in html and library.problems_html({}) == ""
+    _write(bad.with_suffix(".bin").with_name("random.safetensors"))  # fixing a file: listed after a re-scan
+    bad.unlink()
+    assert "random" in library.scan_embeddings([user])[0]

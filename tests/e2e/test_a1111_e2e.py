@@ -177,12 +177,12 @@ def ui_server(tmp_path_factory):
 
 
 def _ui_ids(client, data):
-    """(client, data, {elem_id: component id}, fn_index of the tab's Train button) from the gradio config."""
+    """(client, data, {elem_id: component id}, fn_index of the tab's training job) from the gradio config."""
     config = client.get("/config")
     ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if c.get("props", {}).get("elem_id")}
-    button = ids.get("reneg_train_button")
+    # the Train button first clears the old result, then runs the job: the job is the step with the JS hook
     fn_index = next((i for i, d in enumerate(config["dependencies"])
-                     if button in d["targets"] or [button, "click"] in d["targets"]), None)
+                     if "reneg_start_training" in str(d.get("js") or "")), None)
     return client, data, ids, fn_index
 
 
