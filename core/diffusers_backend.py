@@ -1,6 +1,7 @@
 """The diffusers implementation of :class:`~.model_boundary.DiffusionBackend` and model loading.
 
-``load_backend`` accepts ``tiny`` / ``tiny-v`` (random test models), a local diffusers folder, a single-file
+``load_backend`` accepts ``tiny`` / ``tiny-v`` (random test models), ``toy`` / ``toy-2`` (the trained toy world,
+``core/toy_world``), a local diffusers folder, a single-file
 checkpoint (``.safetensors``/``.ckpt``) or a hub id; offline or missing weights give one clear error.
 """
 from __future__ import annotations
@@ -110,7 +111,8 @@ def _from_pipeline(pipe, name: str) -> DiffusersBackend:
 def _offline_hint(model: str) -> str:
     return (f"Could not load Stable Diffusion model '{model}'. Pass a local diffusers folder (with "
             "model_index.json), a single-file .safetensors checkpoint, or a hub id while online "
-            "(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5). For an offline test use --model tiny.")
+            "(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5). For an offline test use --model toy (trained toy "
+            "world) or --model tiny (random).")
 
 
 def check_model_index(folder: Path) -> None:
@@ -137,12 +139,16 @@ def check_model_index(folder: Path) -> None:
 
 def load_backend(model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
                  ) -> DiffusersBackend:
-    """Load a backend by name: ``tiny``, ``tiny-v``, a local folder, a single-file checkpoint or a hub id."""
+    """Load a backend by name: ``tiny``, ``tiny-v``, ``toy``, ``toy-2``, a local folder, a single-file checkpoint
+    or a hub id."""
     from .tiny_models import TINY_MODELS, load_tiny_backend
+    from .toy_world import TOY_MODELS, load_toy_backend
 
+    shared = torch.device(device) == torch.device("cpu") and dtype == torch.float32
     if model in TINY_MODELS:
-        shared = torch.device(device) == torch.device("cpu") and dtype == torch.float32
         return load_tiny_backend(model, fresh=not shared).to(device=device, dtype=dtype)
+    if model in TOY_MODELS:
+        return load_toy_backend(model, fresh=not shared).to(device=device, dtype=dtype)
     from diffusers import StableDiffusionPipeline
 
     path = Path(os.path.expanduser(model))

@@ -4,6 +4,8 @@
 an SD2.x-shaped one (v-prediction, 1024-wide, pad token "!" = 0). Weights are random but seeded, so every build is
 identical; images are noise-like. They exist so the whole engine, CLI and hosts run offline on a CPU in seconds
 with the real tokenizer (``core.clip_tokenizer``) and released-shape embeddings.
+
+Tests that check *learning* use the trained toy world instead (``toy`` / ``toy-2``, :mod:`.toy_world`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ TINY_MODELS: dict[str, TinySpec] = {
     "tiny": TinySpec(768, "epsilon", "<|endoftext|>", False, 0),
     "tiny-v": TinySpec(1024, "v_prediction", "!", True, 1),
 }
+#: Every model name ``load_backend`` builds in (no download): random ``tiny*`` and trained ``toy*`` (core/toy_world).
+BUILTIN_MODELS = (*TINY_MODELS, "toy", "toy-2")
 
 
 def tiny_components(name: str = "tiny") -> dict:

@@ -1,6 +1,7 @@
 """Differentiable reward models: ``build_reward(name)`` -> ``Reward`` (``score(images, prompts) -> [B]``).
 
-Names: ``hpsv2.1``, ``hpsv2`` (HPS x100), ``pickscore``, ``aesthetic``, ``tiny`` (random small CLIP for tests),
+Names: ``hpsv2.1``, ``hpsv2`` (HPS x100), ``pickscore``, ``aesthetic``, ``toy`` (the trained toy-world preference model,
+``core/toy_world``), ``tiny`` (random small CLIP for tests),
 ``synthetic`` (known optimum), or a weighted mix ``"hpsv2.1:1,aesthetic:0.5"``.
 Weights: ``weights=`` a path (single reward) or ``{name: path}`` (mix); else ``$RENEG_REWARDS_DIR`` or the
 Hugging Face hub cache (see ``weights.py``). Missing weights raise ``MissingWeightsError``.
@@ -16,7 +17,7 @@ from ..errors import RenegError
 from .base import Reward
 from .mix import MixReward
 
-REWARD_NAMES = ("hpsv2.1", "hpsv2", "pickscore", "aesthetic", "tiny", "synthetic")
+REWARD_NAMES = ("hpsv2.1", "hpsv2", "pickscore", "aesthetic", "toy", "tiny", "synthetic")
 PathLike = str | os.PathLike
 
 
@@ -30,6 +31,9 @@ def _build_one(name: str, weights: PathLike | None, device: str | torch.device, 
     if name == "aesthetic":
         from .aesthetic import load_aesthetic
         return load_aesthetic(weights, device=device, dtype=dtype)
+    if name == "toy":
+        from ..toy_world import load_toy_reward
+        return load_toy_reward(weights, device, dtype)
     if name == "tiny":
         from .tiny import load_tiny
         return load_tiny(weights, device, dtype)
