@@ -74,6 +74,12 @@ def write_text_encoder(directory: str | Path, kind: str = "tiny", seed: int = 0)
             vocab_size=VOCAB_SIZE, hidden_size=ctx, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=77, projection_dim=ctx,
             bos_token_id=49406, eos_token_id=49407, pad_token_id=1))
+        # A fresh final LayerNorm (bias 0) makes every token's features average to exactly 0, so the webui's
+        # emphasis renormalisation (z * mean(z) / mean(z * weights)) can divide 0 by 0 for some prompt chunks
+        # and sample NaNs. Real CLIP's LayerNorm has a bias; give the tiny one a random one too.
+        for name, module in model.named_modules():
+            if name.endswith("final_layer_norm"):
+                module.bias.data.normal_(0.0, 0.5)
     model.save_pretrained(str(out))
     write_clip_tokenizer_files(out)
     return out
