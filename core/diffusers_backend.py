@@ -1,7 +1,8 @@
 """The diffusers implementation of :class:`~.model_boundary.DiffusionBackend` and model loading.
 
 ``load_backend`` accepts ``tiny`` / ``tiny-v`` (random test models), a local diffusers folder, a single-file
-checkpoint (``.safetensors``/``.ckpt``) or a hub id; offline or missing weights give one clear error.
+checkpoint (``.safetensors``/``.ckpt``) or a hub id; offline or missing weights give one clear error. PixArt-α
+(``tiny-pixart``, a PixArt folder or hub id) is handed to :mod:`.pixart_backend`.
 """
 from __future__ import annotations
 
@@ -102,8 +103,11 @@ def _offline_hint(model: str) -> str:
 def load_backend(model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
                  ) -> DiffusersBackend:
     """Load a backend by name: ``tiny``, ``tiny-v``, a local folder, a single-file checkpoint or a hub id."""
+    from .pixart_backend import is_pixart_model, load_pixart_backend
     from .tiny_models import TINY_MODELS, load_tiny_backend
 
+    if is_pixart_model(model):  # tiny-pixart, a PixArt diffusers folder, or a PixArt hub id
+        return load_pixart_backend(model, device=device, dtype=dtype)
     if model in TINY_MODELS:
         shared = torch.device(device) == torch.device("cpu") and dtype == torch.float32
         return load_tiny_backend(model, fresh=not shared).to(device=device, dtype=dtype)
