@@ -211,8 +211,10 @@ def load_pixart_backend(model: str, device: str | torch.device = "cpu", dtype: t
         shared = torch.device(device) == torch.device("cpu") and dtype == torch.float32
         return load_tiny_pixart_backend(fresh=not shared).to(device=device, dtype=dtype)
     path = Path(os.path.expanduser(model))
-    if path.is_dir() and _model_index_class(path) == "PixArtSigmaPipeline":
-        raise RenegError(f"{path} is a PixArt-Σ model; ReNeg supports PixArt-α (e.g. PixArt-alpha/PixArt-XL-2-512x512).")
+    sigma = _model_index_class(path) == "PixArtSigmaPipeline" if path.is_dir() else "sigma" in model.lower()
+    if sigma:
+        raise RenegError(f"'{model}' is a PixArt-Σ model; ReNeg supports PixArt-α "
+                         "(e.g. PixArt-alpha/PixArt-XL-2-512x512).")
     from diffusers import PixArtAlphaPipeline
 
     try:

@@ -112,3 +112,5 @@ def test_load_folder_and_offline_hub_id(tmp_path, pixart, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(MissingWeightsError, match="PixArt-α model 'PixArt-alpha/PixArt-XL-2-512x512'.*tiny-pixart"):
         load_backend("PixArt-alpha/PixArt-XL-2-512x512")
+    with pytest.raises(RenegError, match="PixArt-Σ"):
+        load_backend("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS")

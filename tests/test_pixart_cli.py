@@ -90,6 +90,10 @@ def test_train_and_refine_keep_the_mask(tmp_path, released_dir):
                  "--max-steps", "2"]) == 0
     meta = load_embedding(refined).metadata
     assert meta["attention_mask"] == EMPTY_MASK and float(meta["best_reward"]) >= float(meta["start_reward"])
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--model", "tiny-pixart", "--negatives", f"null,text:blurry,{out}", "--prompts",
+                 str(prompts), "--metrics", "tiny", "--out", str(ev), "--ddim-steps", "2", *SMALL]) == 0
+    assert (ev / "results.json").is_file() and (ev / "grid.png").stat().st_size > 0
 
 
 def test_train_from_null_text_learns_under_the_empty_prompt_mask(tmp_path, pixart):
