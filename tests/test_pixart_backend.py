@@ -77,7 +77,8 @@ def test_model_output_is_the_masked_transformer_eps_half_with_resolution_conditi
     latents = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(0))
     assert pixart.transformer.use_additional_conditions and pixart.learned_sigma
     cond = pixart.added_conditions(latents)
-    assert cond["resolution"].tolist() == [[64.0, 96.0]] and torch.equal(cond["aspect_ratio"], torch.tensor([[64 / 96]]))
+    assert cond["resolution"].tolist() == [[64.0, 96.0]]
+    assert torch.equal(cond["aspect_ratio"], torch.tensor([[64 / 96]]))
     with torch.no_grad():
         ours = pixart.model_output(latents, 500, released_pixart)
         raw = pixart.transformer(latents, encoder_hidden_states=released_pixart,

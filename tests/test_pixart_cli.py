@@ -1,4 +1,4 @@
-"""``reneg generate/train/refine --model tiny-pixart``: generate equals PixArtAlphaPipeline + DDIM; training keeps the mask."""
+"""reneg generate/train/refine/evaluate on tiny-pixart: generate equals PixArtAlphaPipeline + DDIM; the mask is kept."""
 from __future__ import annotations
 
 import numpy as np
