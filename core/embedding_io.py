@@ -383,7 +383,9 @@ def check_compatible(tensor: torch.Tensor, context_dim: int, where: str = "model
         model_family = family_of(context_dim)[1]
         raise IncompatibleEmbeddingError(
             f"Negative embedding is {dim}-wide ({emb_family}) but the {where} expects {context_dim}-wide "
-            f"conditioning ({model_family}). Use an embedding trained for this model family.")
+            f"conditioning ({model_family}). Use an embedding trained for this model family"
+            + (" (PixArt-α embeddings need a PixArt-α model, e.g. PixArt-alpha/PixArt-XL-2-512x512)."
+               if dim == 4096 else "."))
 
 
 def broadcast_negative(tensor: torch.Tensor, batch: int) -> torch.Tensor:
@@ -415,6 +417,10 @@ def build_metadata(tensor: torch.Tensor, *, base_model: str = "", reward: str = 
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    if meta["family"] == "pixart-alpha":  # the T5 mask the tensor carries (see core/pixart_backend.py)
+        from .pixart_backend import mask_metadata
+
+        meta["attention_mask"] = mask_metadata(tensor)
     return meta
 
 
