@@ -41,7 +41,8 @@ def register(sub) -> None:
                    help="DDIM steps of the sampler inside training (default 30; --steps is the optimizer steps)")
     p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=guidance_arg, default=7.5,
                    help="CFG scale in training (default 7.5)")
-    p.add_argument("--last-k", type=int_in(1, 1000), default=10, help="t is drawn from the last K DDIM steps (default 10)")
+    p.add_argument("--last-k", type=int_in(1, 1000), default=10,
+                   help="t is drawn from the last K DDIM steps (default 10)")
     p.add_argument("--height", type=side_arg, default=None, help="image height (default: the model's native size)")
     p.add_argument("--width", type=side_arg, default=None, help="image width (default: the model's native size)")
     p.add_argument("--seed", type=seed_arg, default=0, help="default 0")
