@@ -215,8 +215,8 @@ class RenegScript(scripts.Script):
         if not settings.opt("reneg_save_refined"):
             return
         path = settings.reneg_dir() / library.refined_filename(base_name, prompt, seed)
-        save_embedding(path, result.best.detach().cpu().float(), overwrite=True, base_model=backend.name, reward=a.reward,
-                       prompt=prompt, seed=str(seed), refined_from=base_name, steps=result.best_step)
+        save_embedding(path, result.best.detach().cpu().float(), overwrite=True, base_model=backend.name,
+                       reward=a.reward, prompt=prompt, seed=str(seed), refined_from=base_name, steps=result.best_step)
 
     def postprocess(self, p, processed, *args):
         attach(p, None)

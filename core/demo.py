@@ -93,12 +93,14 @@ def run_demo(backend: DiffusionBackend, reward: Reward, out_dir: str | Path, *, 
                               out=out / "global.safetensors", overwrite=True)
         global_neg = result.negative
     else:
-        save_embedding(out / "global.safetensors", global_neg, overwrite=True, base_model=backend.name, reward=reward.name)
+        save_embedding(out / "global.safetensors", global_neg, overwrite=True, base_model=backend.name,
+                       reward=reward.name)
     prompt = EVAL_PROMPTS[0].text
     log(f"refining for: {prompt!r}")
     refined = refine_negative(backend, reward, prompt, global_neg, seed=seed, max_steps=s.refine_steps,
                               lr=s.lr, num_inference_steps=s.ddim_steps, height=s.size, width=s.size)
-    save_embedding(out / "refined.safetensors", refined.best, overwrite=True, base_model=backend.name, reward=reward.name,
+    save_embedding(out / "refined.safetensors", refined.best, overwrite=True, base_model=backend.name,
+                   reward=reward.name,
                    prompt=prompt, refine_trace=refined.trace)
     log("refine trace: " + ", ".join(f"{v:.3f}" for v in refined.trace))
     negatives = {"null": null, "reneg-global": global_neg, "reneg-refined": refined.best}

@@ -149,7 +149,8 @@ def _describe_write_failure(target: Path, exc: BaseException) -> Optional[str]:
         free = shutil.disk_usage(target.parent).free
     except OSError:
         free = None
-    if code == errno.ENOSPC or "No space left" in text or "os error 28" in text or (free is not None and free < 1 << 20):
+    nearly_full = free is not None and free < 1 << 20
+    if code == errno.ENOSPC or "No space left" in text or "os error 28" in text or nearly_full:
         return (f"the disk is full (no space left in {target.parent}). Free some space or write to another "
                 "folder")
     if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text or "os error 13" in text:

@@ -101,7 +101,8 @@ def _parse_jsonl(text: str, path: Path, group: str) -> list[PromptItem]:
         try:
             record = _json_loads(line)
         except ValueError as exc:
-            raise RenegError(f"{path}:{n}: invalid JSON line ({getattr(exc, 'msg', exc)}). Each line must be a JSON string or an "
+            raise RenegError(f"{path}:{n}: invalid JSON line ({getattr(exc, 'msg', exc)}). Each line must be a "
+                             "JSON string or an "
                              "object with a 'prompt' field.") from exc
         item = _from_record(record, f"{path}:{n}", group)
         if item is not None:

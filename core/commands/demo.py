@@ -25,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--train-steps", type=int_in(0, 100000), default=None,
                    help="global training steps (default: 25 on tiny; 0 on real models = use the released embedding)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of every step (default 0)")
-    p.add_argument("--device", type=device_arg, default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", type=device_arg, default=None,
+                   help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="network dtype (default: fp16 on cuda, fp32 on cpu)")
     p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")

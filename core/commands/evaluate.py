@@ -31,10 +31,12 @@ def register(sub) -> None:
     p.add_argument("--metrics", default="hpsv2.1", help="comma-separated reward names (default hpsv2.1)")
     add_reward_weights_arg(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=seed_arg, default=0, help="first seed; every negative gets the same seeds (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="first seed; every negative gets the same seeds (default 0)")
     p.add_argument("--images-per-prompt", type=int_in(1, 1000), default=1, help="seeds per prompt (default 1)")
     p.add_argument("--batch-size", type=int_in(1, 1024), default=4, help="images rendered together (default 4)")
-    p.add_argument("--ddim-steps", "--steps", dest="ddim_steps", type=ddim_steps_arg, default=30, help="DDIM steps (default 30)")
+    p.add_argument("--ddim-steps", "--steps", dest="ddim_steps", type=ddim_steps_arg, default=30,
+                   help="DDIM steps (default 30)")
     p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=guidance_arg, default=7.5,
                    help="CFG scale (default 7.5)")
     p.add_argument("--height", type=side_arg, default=None, help="default: the model's native size")

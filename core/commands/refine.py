@@ -32,9 +32,11 @@ def register(sub) -> None:
     p.add_argument("--image", default=None, help="also render the final image (best embedding, same seed) to PNG")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of x_T, as in `reneg generate --seed` (default 0)")
     p.add_argument("--max-steps", type=int_in(0, 1000), default=10, help="gradient steps at most (default 10)")
-    p.add_argument("--patience", type=int_in(1), default=3, help="stop after N iterates without improvement (default 3)")
+    p.add_argument("--patience", type=int_in(1), default=3,
+                   help="stop after N iterates without improvement (default 3)")
     p.add_argument("--lr", type=lr_arg, default=5e-3, help="Adam learning rate (default 5e-3)")
-    p.add_argument("--ddim-steps", "--steps", dest="ddim_steps", type=ddim_steps_arg, default=30, help="DDIM steps (default 30)")
+    p.add_argument("--ddim-steps", "--steps", dest="ddim_steps", type=ddim_steps_arg, default=30,
+                   help="DDIM steps (default 30)")
     p.add_argument("--guidance", "--guidance-scale", dest="guidance", type=guidance_arg, default=7.5,
                    help="CFG scale (default 7.5)")
     p.add_argument("--step-index", type=int_in(0, 999), default=None,
