@@ -107,7 +107,11 @@ def _read_done(path: Path) -> dict[tuple[str, int], dict]:
 
 
 def _append(path: Path, rows: Sequence[dict]) -> None:
+    """Append rows; a torn last line left by a kill is ended first, so it cannot swallow the next row."""
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
     with open(path, "a", encoding="utf-8") as fh:
+        if torn:
+            fh.write("\n")
         for row in rows:
             fh.write(json.dumps(row, allow_nan=True) + "\n")
         fh.flush()

@@ -179,7 +179,9 @@ class PerPromptReward:
 @pytest.mark.parametrize("selection", ["final", "proxy"])
 def test_batch_equals_independent_runs(backend, tiny_reward, selection):
     init = backend.encode_prompts([""]).float()
-    prompts, seeds = ["a cat", "stuck", "a lighthouse at dusk"], [1, 3, 7]
+    # 'stuck' (x1e3 squared-error reward) exercises per-row stopping under the final rule; under the proxy rule its
+    # start is not its optimum and the x1e3 amplifies float noise, so the proxy case uses an ordinary prompt
+    prompts, seeds = ["a cat", "stuck" if selection == "final" else "a dog", "a lighthouse at dusk"], [1, 3, 7]
     _, reference = final_reward(backend, build_reward("synthetic"), "stuck", init, 3)
     reward = PerPromptReward(tiny_reward, reference)
     config = RefineConfig(max_steps=4, patience=2, lr=0.05, selection=selection, **CFG)

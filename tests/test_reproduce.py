@@ -43,7 +43,9 @@ def test_reproduce_tiny_end_to_end_and_resume(tmp_path, global_file, capsys):
     # per-sample refinement never loses to its start (the global embedding) on the refinement reward
     by = {(r["negative"], r["prompt_id"]): float(r["tiny"]) for r in rows}
     for i in range(4):
-        assert by[(PER_SAMPLE, str(i))] >= by[("reneg-global", str(i))]
+        # (>= its start image's score exactly; that start image equals the global row's render up to batched
+        # kernel rounding, hence the 1e-4)
+        assert by[(PER_SAMPLE, str(i))] >= by[("reneg-global", str(i))] - 1e-4
     results = json.loads((out / "mini" / "results.json").read_text())
     assert results["complete"] and "tiny" in results["protocol_gaps"]
 

