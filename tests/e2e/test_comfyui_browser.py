@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,13 @@ class ComfyPage:
         self.errors: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        self.page.on("response", lambda r: r.status >= 400 and self.errors.append(f"http {r.status}: {r.url}"))
+        self.responses: list[tuple[int, str]] = []
+        self.page.on("response", self._response)
+
+    def _response(self, response) -> None:
+        self.responses.append((response.status, urllib.parse.unquote(response.url)))
+        if response.status >= 400:
+            self.errors.append(f"http {response.status}: {response.url}")
 
     def open(self) -> "ComfyPage":
         self.page.goto(self.server.url, wait_until="domcontentloaded", timeout=120_000)
@@ -222,7 +229,7 @@ def test_node_search_finds_the_reneg_nodes_and_adds_them_with_fixed_seeds(comfy)
     assert not comfy.unexpected_errors(), comfy.unexpected_errors()
 
 
-def test_templates_show_the_examples_with_titles_and_thumbnails(comfy):
+def test_templates_show_the_examples_with_titles_and_thumbnails(comfy, server):
     comfy.page.get_by_role("button", name="Templates").first.click()
     comfy.page.get_by_text(cs.PACK_FOLDER, exact=True).first.click()
     comfy.page.wait_for_timeout(1500)
@@ -236,7 +243,8 @@ def test_templates_show_the_examples_with_titles_and_thumbnails(comfy):
     for path in EXAMPLES:
         card = cards[path.stem]
         assert card["text"].startswith(path.stem), card  # the title is the readable file name
-        assert any(i["ok"] and i["src"].endswith(".jpg") for i in card["imgs"]), f"no thumbnail shown: {card}"
+        assert any(i["ok"] for i in card["imgs"]), f"no thumbnail shown: {card}"  # (a blob of the fetched file)
+        assert (200, f"{server.url}/api/workflow_templates/{cs.PACK_FOLDER}/{path.stem}.jpg") in comfy.responses
     assert not comfy.unexpected_errors(), comfy.unexpected_errors()
 
 
