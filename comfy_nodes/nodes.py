@@ -105,8 +105,9 @@ class LoadEmbedding(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, embedding) -> bool | str:
-        return unknown_embedding_message(embedding) or True
+    def validate_inputs(cls, embedding=None) -> bool | str:
+        # a linked (computed) name is not known at queue time: execute() checks it then
+        return (embedding is not None and unknown_embedding_message(embedding)) or True
 
     @classmethod
     def fingerprint_inputs(cls, embedding, strength=1.0, clip=None):
@@ -290,12 +291,13 @@ class TrainGlobal(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, save_name, if_exists) -> bool | str:
-        try:
-            files.check_relative_name(save_name, "save name")
+    def validate_inputs(cls, save_name=None, if_exists=None) -> bool | str:
+        try:  # linked (computed) values are not known at queue time (None): execute() checks them then
+            if save_name is not None:
+                files.check_relative_name(save_name, "save name")
         except RenegError as exc:
             return str(exc)
-        if if_exists not in train_modes.IF_EXISTS:
+        if if_exists is not None and if_exists not in train_modes.IF_EXISTS:
             return f"if_exists must be one of {', '.join(train_modes.IF_EXISTS)} (got {if_exists!r})."
         return True
 

@@ -47,10 +47,10 @@ def test_icon_is_a_small_square_image_in_the_repository():
 
 
 def _tracked_and_ignored() -> tuple[list[str], set[str]]:
-    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True, check=True)
-    ignored = subprocess.run(["git", "-C", str(REPO), "ls-files", "-i", "-c", "--exclude-from=.comfyignore"],
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, text=True, check=True)
+    ignored = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "-i", "-c", "--exclude-from=.comfyignore"],
                              capture_output=True, text=True, check=True)
-    return tracked.stdout.split(), set(ignored.stdout.split())
+    return [f for f in tracked.stdout.split("\0") if f], {f for f in ignored.stdout.split("\0") if f}
 
 
 def test_comfy_node_pack_ships_no_tests_ci_or_benchmarks():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -35,9 +35,11 @@ RENEG_NODES = {"ReNegLoadEmbedding": "Load ReNeg Embedding", "ReNegLoadReward": 
                "ReNegRefine": "ReNeg Refine (per prompt)", "ReNegTrainGlobal": "ReNeg Train Global",
                "ReNegSaveEmbedding": "Save ReNeg Embedding"}
 #: Console errors ComfyUI 0.3.64's own frontend (1.27.10) logs on a fresh base directory with or without any custom
-#: node: optional per-user files that do not exist yet, and a settings watcher reading a not-yet-open workflow.
+#: node: optional per-user files that do not exist yet, a settings watcher reading a not-yet-open workflow, and the
+#: canvas switching away from the never-shown first tab when a workflow is opened.
 FRONTEND_NOISE_URLS = re.compile(r"/api/userdata(/user\.css|/comfy\.templates\.json|\?dir=)|/user\.css$")
 FRONTEND_NOISE_ERRORS = re.compile(r"^Cannot read properties of undefined \(reading 'id'\)$")
+FRONTEND_NOISE_CONSOLE = re.compile(r"^Attempted to cleanup event listeners for graph that was never set up$")
 #: Test-size settings applied through the widgets before Run (by widget name; only where the node has them).
 SHRINK = {"ckpt_name": cs.CHECKPOINT_NAME, "width": 64, "height": 64, "batch_size": 1, "steps": 2,
           "sampling_steps": 4, "max_steps": 2, "save_every": 0, "preview_every": 1, "reward": "tiny"}
@@ -85,7 +87,13 @@ class ComfyPage:
         self.errors: list[str] = []
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        self.page.on("response", lambda r: r.status >= 400 and self.errors.append(f"http {r.status}: {r.url}"))
+        self.responses: list[tuple[int, str]] = []
+        self.page.on("response", self._response)
+
+    def _response(self, response) -> None:
+        self.responses.append((response.status, urllib.parse.unquote(response.url)))
+        if response.status >= 400:
+            self.errors.append(f"http {response.status}: {response.url}")
 
     def open(self) -> "ComfyPage":
         self.page.goto(self.server.url, wait_until="domcontentloaded", timeout=120_000)
@@ -102,6 +110,7 @@ class ComfyPage:
         """Errors other than the frontend's own noise; 'Failed to load resource' lines are judged by their URL."""
         return [e for e in self.errors
                 if not (e.startswith("console: Failed to load resource")
+                        or (e.startswith("console: ") and FRONTEND_NOISE_CONSOLE.match(e[len("console: "):]))
                         or (e.startswith("http") and FRONTEND_NOISE_URLS.search(e))
                         or (e.startswith("pageerror: ") and FRONTEND_NOISE_ERRORS.match(e[len("pageerror: "):])))]
 
@@ -194,8 +203,9 @@ def test_node_search_finds_the_reneg_nodes_and_adds_them_with_fixed_seeds(comfy)
     search has a plain seed widget with no 'control after generate' (issue 3b/3d: nothing randomises on Run)."""
     comfy.js("() => { app.graph.clear(); app.canvas.setDirty(true, true); }")
     added = {}
-    for query, node_type in (("ReNeg", "ReNegRefine"), ("ReNeg Train Global", "ReNegTrainGlobal")):
-        comfy.page.mouse.dblclick(800, 500)
+    for (x, y), query, node_type in (((700, 300), "ReNeg", "ReNegRefine"),
+                                     ((1250, 300), "ReNeg Train Global", "ReNegTrainGlobal")):
+        comfy.page.mouse.dblclick(x, y)  # empty canvas (the first node lands at the first click)
         box = comfy.page.get_by_placeholder("Search Nodes...")
         box.wait_for(timeout=10_000)
         box.fill(query)
@@ -219,7 +229,7 @@ def test_node_search_finds_the_reneg_nodes_and_adds_them_with_fixed_seeds(comfy)
     assert not comfy.unexpected_errors(), comfy.unexpected_errors()
 
 
-def test_templates_show_the_examples_with_titles_and_thumbnails(comfy):
+def test_templates_show_the_examples_with_titles_and_thumbnails(comfy, server):
     comfy.page.get_by_role("button", name="Templates").first.click()
     comfy.page.get_by_text(cs.PACK_FOLDER, exact=True).first.click()
     comfy.page.wait_for_timeout(1500)
@@ -233,7 +243,8 @@ def test_templates_show_the_examples_with_titles_and_thumbnails(comfy):
     for path in EXAMPLES:
         card = cards[path.stem]
         assert card["text"].startswith(path.stem), card  # the title is the readable file name
-        assert any(i["ok"] and i["src"].endswith(".jpg") for i in card["imgs"]), f"no thumbnail shown: {card}"
+        assert any(i["ok"] for i in card["imgs"]), f"no thumbnail shown: {card}"  # (a blob of the fetched file)
+        assert (200, f"{server.url}/api/workflow_templates/{cs.PACK_FOLDER}/{path.stem}.jpg") in comfy.responses
     assert not comfy.unexpected_errors(), comfy.unexpected_errors()
 
 
@@ -283,10 +294,13 @@ def test_example_loads_through_the_frontend_and_runs(comfy, server, path):
     assert "execution_success" in kinds and "execution_error" not in kinds, kinds
     comfy.page.wait_for_function("() => app.graph.nodes.some(n => n.type === 'SaveImage' && (n.imgs || []).length)",
                                  timeout=60_000)  # the result image is shown on the canvas
+    # a wide window keeps the fitted zoom above the frontend's low-quality threshold (text and images drawn)
+    comfy.page.set_viewport_size({"width": 2400, "height": 1300})
     comfy.fit_view()
     shot = comfy.screenshot(f"11_{path.stem}_after_run")
     if os.environ.get("RENEG_WRITE_THUMBNAILS") == "1":
         write_thumbnail(comfy, path)
+    comfy.page.set_viewport_size({"width": 1600, "height": 1000})
 
     after = comfy.nodes()
     seeds = [n for n in after.values() if n["type"] == "PrimitiveInt"]
@@ -327,12 +341,24 @@ def rerun_and_extend_training(comfy: ComfyPage, server, nodes: dict) -> None:
 
 
 def write_thumbnail(comfy: ComfyPage, path: Path) -> None:
-    """The template thumbnail: the canvas after the real run, scaled to 512 px wide JPEG."""
+    """The template thumbnail: the graph as drawn after the real run, letterboxed to a square 512 px JPEG (the
+    template card shows its image square, cropped to the centre)."""
     from PIL import Image
 
-    png = comfy.screenshot(f"thumb_{path.stem}", canvas_only=True)
+    x, y, w, h = comfy.js("""() => {
+        const ds = app.canvas.ds, r = app.canvas.canvas.getBoundingClientRect();
+        let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+        for (const n of app.graph.nodes) { const [x, y, w, h] = n.getBounding();
+            x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h); }
+        return [r.left + (x0 + ds.offset[0]) * ds.scale, r.top + (y0 + ds.offset[1]) * ds.scale,
+                (x1 - x0) * ds.scale, (y1 - y0) * ds.scale]; }""")
+    pad = 16
+    png = SCREENSHOTS / f"thumb_{path.stem}.png"
+    comfy.page.screenshot(path=str(png), clip={"x": max(0, x - pad), "y": max(0, y - pad),
+                                               "width": w + 2 * pad, "height": h + 2 * pad})
     with Image.open(png) as im:
         im = im.convert("RGB")
-        im.thumbnail((512, 512))
-        im.save(path.with_suffix(".jpg"), quality=85, optimize=True)
-    time.sleep(0.1)
+        side = max(im.size)
+        square = Image.new("RGB", (side, side), im.getpixel((2, 2)))
+        square.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+        square.resize((512, 512), Image.LANCZOS).save(path.with_suffix(".jpg"), quality=85, optimize=True)

@@ -115,6 +115,16 @@ def test_nodes_registered_with_dropdowns(server):
     assert any(n["type"] == "ReNegRefine" for n in served["nodes"])
 
 
+def test_recorded_object_info_is_the_servers(server):
+    """CI converts the examples with tests/fixtures/comfyui_object_info.json: it must be this server's."""
+    from workflow_tools import recordable_object_info
+
+    recorded = json.loads((cs.REPO_ROOT / "tests" / "fixtures" / "comfyui_object_info.json").read_text())
+    live = recordable_object_info(server.get("/object_info"), recorded)
+    assert live == recorded, ("re-record tests/fixtures/comfyui_object_info.json from a live server with "
+                              "workflow_tools.recordable_object_info")
+
+
 def test_every_reneg_input_has_a_tooltip(server):
     info = server.get("/object_info")
     missing = [f"{node}.{name}" for node, spec in info.items() if node.startswith("ReNeg") and node != "ReNegE2EProbe"
