@@ -1,4 +1,4 @@
-"""``reneg demo`` — the main job end to end (offline on the random test model, real with SD weights)."""
+"""``reneg demo`` — the main job end to end (offline on the trained toy world, real with SD weights)."""
 from __future__ import annotations
 
 import argparse
@@ -9,16 +9,18 @@ from .reward_args import add_reward_weights_arg
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="learn a negative, refine it for a prompt, compare images (main job)",
-                       description="Train a global negative, refine it for one prompt and compare null / global / "
-                                   "refined on held-out prompts: grid.png, bars.png, results.json in --out.")
-    p.add_argument("--model", default=os.environ.get("RENEG_MODEL", "tiny"),
-                   help="'tiny' (random test model, default), an SD1.x/SD2.x folder, checkpoint or hub id "
-                        "(default from $RENEG_MODEL)")
-    p.add_argument("--reward", default=None, help="default: synthetic on tiny models, hpsv2.1 otherwise")
+    p = sub.add_parser("demo", help="learn a negative, refine it per prompt, compare images (main job)",
+                       description="Train a global negative, refine it for each held-out prompt and compare null / "
+                                   "global / refined: grid.png, bars.png, results.json in --out.")
+    p.add_argument("--model", default=os.environ.get("RENEG_MODEL", "toy"),
+                   help="'toy' (trained toy world of coloured shapes, default), 'tiny' (random test model), an "
+                        "SD1.x/SD2.x folder, checkpoint or hub id (default from $RENEG_MODEL)")
+    p.add_argument("--reward", default=None,
+                   help="default: toy on the toy world, synthetic on tiny models, hpsv2.1 otherwise")
     add_reward_weights_arg(p)
     p.add_argument("--train-steps", type=int, default=None,
-                   help="global training steps (default: 25 on tiny; 0 on real models = use the released embedding)")
+                   help="global training steps (default: 40 on toy, 25 on tiny; 0 on real models = use the "
+                        "released embedding)")
     p.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
@@ -27,21 +29,33 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def demo_world(model: str) -> str:
+    """``toy`` / ``tiny`` / ``real`` for a ``--model`` value."""
+    from ..tiny_models import TINY_MODELS
+    from ..toy_world import TOY_MODELS
+
+    return "toy" if model in TOY_MODELS else "tiny" if model in TINY_MODELS else "real"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..demo import DemoSettings, run_demo
-    from ..tiny_models import TINY_MODELS
     from .common import load_backend_from_args
     from .reward_args import build_reward_from_args
 
-    tiny = args.model in TINY_MODELS
+    world = demo_world(args.model)
     backend = load_backend_from_args(args)
-    if tiny:
+    if world == "toy":
+        print(f"Using the built-in TOY WORLD '{args.model}': a small trained model of 32x32 coloured shapes with a "
+              "toy preference reward, for demos and tests, not for art. Pass --model <SD1.5 folder|checkpoint|hub "
+              "id> for real images.")
+    elif world == "tiny":
         print(f"Using the built-in RANDOM TEST MODEL '{args.model}' (no weights needed; images are noise-like). "
-              "Pass --model <SD1.5 folder|checkpoint|hub id> for real images.")
-    reward = build_reward_from_args(args.reward or ("synthetic" if tiny else "hpsv2.1"), args.reward_weights,
-                                    backend.device, backend.dtype)
-    settings = DemoSettings.for_backend(backend, tiny)
+              "Pass --model toy for the trained toy world, or a real SD model.")
+    default_reward = {"toy": "toy", "tiny": "synthetic", "real": "hpsv2.1"}[world]
+    reward = build_reward_from_args(args.reward or default_reward, args.reward_weights, backend.device,
+                                    backend.dtype)
+    settings = DemoSettings.for_world(world)
     if args.train_steps is not None:
         settings.train_steps = args.train_steps
-    run_demo(backend, reward, args.out, tiny=tiny, settings=settings, seed=args.seed)
+    run_demo(backend, reward, args.out, world=world, settings=settings, seed=args.seed)
     return 0
