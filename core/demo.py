@@ -79,7 +79,7 @@ class DemoSettings:
     @classmethod
     def for_world(cls, world: str) -> "DemoSettings":
         if world == "toy":
-            return cls(train_steps=40, batch_size=8, micro_batch=8, lr=0.05, size=32, ddim_steps=20,
+            return cls(train_steps=20, batch_size=8, micro_batch=8, lr=0.05, size=32, ddim_steps=10,
                        refine_lr=0.05)
         if world == "tiny":
             return cls(train_steps=25, batch_size=4, micro_batch=4, lr=0.3, size=64, ddim_steps=8, eval_prompts=4)

@@ -19,7 +19,7 @@ def register(sub) -> None:
                    help="default: toy on the toy world, synthetic on tiny models, hpsv2.1 otherwise")
     add_reward_weights_arg(p)
     p.add_argument("--train-steps", type=int, default=None,
-                   help="global training steps (default: 40 on toy, 25 on tiny; 0 on real models = use the "
+                   help="global training steps (default: 20 on toy, 25 on tiny; 0 on real models = use the "
                         "released embedding)")
     p.add_argument("--seed", type=int, default=0, help="seed of every step (default 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
