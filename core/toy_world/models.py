@@ -3,8 +3,8 @@
 The generators are Stable-Diffusion-architecture latent diffusion models made of the diffusers / transformers
 classes SD uses: ``AutoencoderKL`` (32x32 RGB <-> 4x8x8 latents), ``UNet2DConditionModel`` with cross-attention
 and a ``CLIPTextModel`` (64 wide) on the real openai CLIP tokenizer. ``toy`` and ``toy-2`` share the text encoder
-and the VAE (like SD1.4 / SD1.5) and differ in UNet width and seed. GroupNorms have 4-8 channels per group:
-with SD's fixed 32 groups these narrow nets would normalise each channel on its own and lose every image's
+and the VAE and, like SD1.4 / SD1.5, ``toy-2`` is ``toy`` trained further (other seed, other data).
+GroupNorms have 4-8 channels per group: with SD's fixed 32 groups these narrow nets would normalise each channel on its own and lose every image's
 global colour (measured: a 32-group VAE reconstructed grey blobs). ``ldm``-based hosts hard-code 32 groups, so
 the SD1-format checkpoints of :mod:`.checkpoint` load there but compute slightly differently. The ``toy`` reward is a small open_clip CLIP
 trained contrastively to prefer correct, defect-free images for their caption (a toy HPSv2.1).
@@ -36,16 +36,21 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0
 
 @dataclass(frozen=True)
 class ToyGenerator:
-    """One toy generator: its UNet widths, init/training seed and weight file (text encoder and VAE shared)."""
+    """One toy generator: UNet widths, training seed, weight file (text encoder and VAE are shared), and -- like
+    SD1.4 / SD1.5, both continued from SD1.2 -- optionally the generator it is continued from, on other data."""
 
     unet_file: str
     block_out_channels: tuple[int, int]
     seed: int
+    init_from: Optional[str] = None
+    data_seed: int = 0
+    defect_prob: float = 0.3
 
 
 TOY_GENERATORS: dict[str, ToyGenerator] = {
     "toy": ToyGenerator("toy_unet.safetensors", (32, 64), 0),
-    "toy-2": ToyGenerator("toy2_unet.safetensors", (24, 48), 1),
+    # continued from toy with another seed on another dataset where defects are more common (40% vs 30%)
+    "toy-2": ToyGenerator("toy2_unet.safetensors", (32, 64), 1, init_from="toy", data_seed=1, defect_prob=0.4),
 }
 TEXT_ENCODER_FILE = "toy_text_encoder.safetensors"
 VAE_FILE = "toy_vae.safetensors"

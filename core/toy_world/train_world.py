@@ -38,7 +38,8 @@ class WorldRecipe:
     vae_lr: float = 4e-3
     vae_kl: float = 1e-6
     unet_steps: int = 800
-    unet2_steps: int = 400
+    unet2_steps: int = 150
+    unet2_images: int = 3000      #: toy-2's own dataset (seed and defect rate from TOY_GENERATORS)
     unet_batch: int = 16
     unet_lr: float = 1e-3
     ema: float = 0.995
@@ -161,7 +162,7 @@ class _Captions:
 
 
 def train_unet(name: str, latents: tuple[torch.Tensor, torch.Tensor], scaling: float, scenes: list[data.Scene],
-               recipe: WorldRecipe, text_encoder=None, steps: Optional[int] = None, log=_log):
+               recipe: WorldRecipe, text_encoder=None, steps: Optional[int] = None, init_unet=None, log=_log):
     """Epsilon-prediction diffusion training with caption dropout (CFG) and min-SNR-5 weighting.
 
     With ``text_encoder=None`` a fresh text encoder is trained jointly; otherwise it stays frozen (shared).
@@ -170,6 +171,8 @@ def train_unet(name: str, latents: tuple[torch.Tensor, torch.Tensor], scaling: f
     spec = TOY_GENERATORS[name]
     steps = (recipe.unet_steps if text_encoder is None else recipe.unet2_steps) if steps is None else steps
     unet = seeded(spec.seed + 100, build_unet, spec.block_out_channels)
+    if init_unet is not None:
+        unet.load_state_dict(init_unet.state_dict())
     joint = text_encoder is None
     te = seeded(spec.seed + 200, build_text_encoder) if joint else text_encoder
     te.train(joint).requires_grad_(joint)
@@ -204,7 +207,7 @@ def train_unet(name: str, latents: tuple[torch.Tensor, torch.Tensor], scaling: f
         opt.step()
         sched.step()
         ema.update(step)
-        if log and (step + 1) % 100 == 0:
+        if log and (step + 1) % 50 == 0:
             log(f"{name} unet step {step + 1}/{steps} loss {loss.item():.4f}")
     shadow_unet = ema.shadow[0]
     shadow_te = ema.shadow[1] if joint else text_encoder
@@ -335,7 +338,7 @@ def build_world(out: Path = WEIGHTS_DIR, recipe: Optional[WorldRecipe] = None, s
     if "reward" in stages:
         reward = timed("reward", lambda: train_reward(vae, recipe, log=log))
         save(REWARD_FILE, reward)
-    if "toy" in stages or "toy-2" in stages:
+    if "toy" in stages:
         latents = timed("encode", lambda: encode_all(vae, images))
     if "toy" in stages:
         unet, te = timed("toy", lambda: train_unet("toy", latents, vae.config.scaling_factor, scenes, recipe,
@@ -343,9 +346,14 @@ def build_world(out: Path = WEIGHTS_DIR, recipe: Optional[WorldRecipe] = None, s
         save(TEXT_ENCODER_FILE, te)
         save(TOY_GENERATORS["toy"].unet_file, unet)
     if "toy-2" in stages:
+        spec = TOY_GENERATORS["toy-2"]
         te = _load_file(build_text_encoder(), out, TEXT_ENCODER_FILE)
-        unet2, _ = timed("toy-2", lambda: train_unet("toy-2", latents, vae.config.scaling_factor, scenes, recipe,
-                                                     text_encoder=te, log=log))
+        base = _load_file(build_unet(TOY_GENERATORS[spec.init_from].block_out_channels), out,
+                          TOY_GENERATORS[spec.init_from].unet_file)
+        scenes2, images2 = data.make_dataset(spec.data_seed, recipe.unet2_images, spec.defect_prob)
+        latents2 = encode_all(vae, images2)
+        unet2, _ = timed("toy-2", lambda: train_unet("toy-2", latents2, vae.config.scaling_factor, scenes2, recipe,
+                                                     text_encoder=te, init_unet=base, log=log))
         save(TOY_GENERATORS["toy-2"].unet_file, unet2)
     latest = read_manifest(out)  # merge with stages another process finished meanwhile
     report.files = {**latest.get("files", {}), **report.files}
