@@ -4,10 +4,13 @@ The generators are Stable-Diffusion-architecture latent diffusion models made of
 classes SD uses: ``AutoencoderKL`` (32x32 RGB <-> 4x8x8 latents), ``UNet2DConditionModel`` with cross-attention
 and a ``CLIPTextModel`` (64 wide) on the real openai CLIP tokenizer. ``toy`` and ``toy-2`` share the text encoder
 and the VAE and, like SD1.4 / SD1.5, ``toy-2`` is ``toy`` trained further (other seed, other data).
-GroupNorms have 4-8 channels per group: with SD's fixed 32 groups these narrow nets would normalise each channel on its own and lose every image's
-global colour (measured: a 32-group VAE reconstructed grey blobs). ``ldm``-based hosts hard-code 32 groups, so
-the SD1-format checkpoints of :mod:`.checkpoint` load there but compute slightly differently. The ``toy`` reward is a small open_clip CLIP
-trained contrastively to prefer correct, defect-free images for their caption (a toy HPSv2.1).
+
+GroupNorms have 4-8 channels per group: with SD's fixed 32 groups these narrow nets would normalise each channel
+on its own and lose every image's global colour (measured: a 32-group VAE reconstructed grey blobs). ``ldm``-based
+hosts hard-code 32 groups, so the SD1-format checkpoints of :mod:`.checkpoint` load there but compute differently.
+
+The ``toy`` reward is a small open_clip CLIP trained contrastively to prefer correct, defect-free images for their
+caption (a toy HPSv2.1).
 """
 from __future__ import annotations
 
