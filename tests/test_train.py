@@ -1,4 +1,4 @@
-"""Global training: it learns (held-out margin), resumes exactly, stops cleanly, skips NaN steps."""
+"""Global training plumbing: resumes exactly, stops cleanly, skips NaN steps (learning: test_toy_reneg.py)."""
 from __future__ import annotations
 
 import csv
@@ -10,15 +10,11 @@ import torch
 from reneg.core.checkpoint import state_path
 from reneg.core.embedding_io import load_embedding
 from reneg.core.errors import RenegError
-from reneg.core.evaluate import EvalConfig, evaluate_negatives
-from reneg.core.prompts import PromptItem
 from reneg.core.rewards import build_reward
 from reneg.core.tiny_models import load_tiny_backend
 from reneg.core.train import TrainCallbacks, TrainConfig, train_global
 
 TRAIN_PROMPTS = ["a cat", "a dog", "a red house", "a tree in winter", "portrait of a man", "a car"]
-HELD_OUT = ["a bird on a branch", "a mountain lake", "a bowl of fruit", "a city at night", "a boat",
-            "an old woman", "a castle", "a plate of pasta"]
 
 
 @pytest.fixture(scope="module")
@@ -33,33 +29,8 @@ def small_config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.mark.slow
-def test_training_beats_null_text_on_held_out_prompts(backend, synthetic):
-    # Measured (seeds fixed, CPU): null -7.770, trained -7.681 => mean margin +0.089, the trained negative wins on
-    # 7/8 held-out images. The tiny random VAE normalises away most colour statistics, so the synthetic reward
-    # has little room on this model; a random displacement of the same size as the learned one is the control.
-    config = TrainConfig(steps=40, batch_size=8, micro_batch=8, lr=0.1, lr_schedule="constant",
-                         num_inference_steps=4, last_k=1, height=64, width=64, seed=0)
-    result = train_global(backend, synthetic, TRAIN_PROMPTS, config)
-    null = backend.encode_prompts([""]).float()
-    delta = result.negative - null
-    gen = torch.Generator().manual_seed(0)
-    random_dir = torch.randn(null.shape, generator=gen)
-    control = null + random_dir / random_dir.norm() * delta.norm()
-    ev = evaluate_negatives(backend, {"null": null, "trained": result.negative, "random": control},
-                            [PromptItem(p) for p in HELD_OUT], {"synthetic": synthetic},
-                            EvalConfig(num_inference_steps=4, height=64, width=64, seed=1000, batch_size=8))
-    means = {k: v["all"] for k, v in ev.means["synthetic"].items()}
-    margin = means["trained"] - means["null"]
-    assert margin >= 0.05, means
-    assert ev.win_rates["synthetic"]["trained"]["null"] >= 0.75, ev.win_rates
-    assert margin >= 3 * abs(means["random"] - means["null"]), means
-    # training reward went up too (mean of the last 10 steps vs the first 10)
-    rewards = [row["reward_mean"] for row in result.log]
-    assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10
-    # nothing but the negative was trained
-    for module in (backend.unet, backend.vae, backend.text_encoder):
-        assert all(p.grad is None and not p.requires_grad for p in module.parameters())
+# Learning (the trained negative beats null on held-out prompts, transfer, CFG's role) is tested on the trained
+# toy world: tests/test_toy_reneg.py. The tests here check the training plumbing on the random tiny model.
 
 
 class SimulatedKill(BaseException):

@@ -7,6 +7,12 @@ pointing at a local text-encoder folder), and that folder ``<name>-text-encoder/
 classic ``text_model.*`` layout, the openai CLIP tokenizer files), so nothing is downloaded. The key mapping is
 the inverse of diffusers' own ``convert_ldm_*_checkpoint`` (the tests check the round trip). Toy models for demos
 and tests, not for art.
+
+Caveat for hosts: the ``ldm`` classes A1111 and ComfyUI build hard-code 32 GroupNorm groups; the toy nets use
+4-8 channels per group (see :mod:`.models`), so a host computing the checkpoint with its own classes gets
+similar but not identical outputs, and widths below 32 do not build there at all. Exact host checks should copy
+the weights into the host's classes with the toy group counts, as ``tests/e2e/comfy_builders.py`` does for
+``tiny``.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from .models import CONTEXT_DIM, IMAGE_SIZE, LATENT_CHANNELS, SCHEDULER_CONFIG, TOY_GENERATORS
+from .models import CONTEXT_DIM, IMAGE_SIZE, LATENT_CHANNELS, SCHEDULER_CONFIG, TOY_GENERATORS, VAE_CHANNELS
 
 _RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
            ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
@@ -131,7 +137,8 @@ def ldm_config(name: str = "toy", text_encoder_dir: Optional[str] = None) -> dic
         first_stage_config=dict(target="ldm.models.autoencoder.AutoencoderKL", params=dict(
             embed_dim=LATENT_CHANNELS, monitor="val/rec_loss",
             ddconfig=dict(double_z=True, z_channels=LATENT_CHANNELS, resolution=IMAGE_SIZE, in_channels=3, out_ch=3,
-                          ch=32, ch_mult=[1, 1, 1], num_res_blocks=1, attn_resolutions=[], dropout=0.0),
+                          ch=VAE_CHANNELS[0], ch_mult=[c // VAE_CHANNELS[0] for c in VAE_CHANNELS], num_res_blocks=1,
+                          attn_resolutions=[], dropout=0.0),
             lossconfig=dict(target="torch.nn.Identity"))),
         cond_stage_config=dict(target="ldm.modules.encoders.modules.FrozenCLIPEmbedder",
                                params=dict(version=text_encoder_dir or "toy-text-encoder", device="cpu")),

@@ -3,10 +3,14 @@
 The generators are Stable-Diffusion-architecture latent diffusion models made of the diffusers / transformers
 classes SD uses: ``AutoencoderKL`` (32x32 RGB <-> 4x8x8 latents), ``UNet2DConditionModel`` with cross-attention
 and a ``CLIPTextModel`` (64 wide) on the real openai CLIP tokenizer. ``toy`` and ``toy-2`` share the text encoder
-and the VAE (like SD1.4 / SD1.5) and differ in UNet width and seed. Every GroupNorm has 32 groups and every
-width is a multiple of 32, as in the ``ldm`` classes A1111 / ComfyUI build, so :mod:`.checkpoint` can write the
-generators as SD1-format single-file checkpoints. The ``toy`` reward is a small open_clip CLIP
-trained contrastively to prefer correct, defect-free images for their caption (a toy HPSv2.1).
+and the VAE and, like SD1.4 / SD1.5, ``toy-2`` is ``toy`` trained further (other seed, other data).
+
+GroupNorms have 4-8 channels per group: with SD's fixed 32 groups these narrow nets would normalise each channel
+on its own and lose every image's global colour (measured: a 32-group VAE reconstructed grey blobs). ``ldm``-based
+hosts hard-code 32 groups, so the SD1-format checkpoints of :mod:`.checkpoint` load there but compute differently.
+
+The ``toy`` reward is a small open_clip CLIP trained contrastively to prefer correct, defect-free images for their
+caption (a toy HPSv2.1).
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ MANIFEST = "world.json"
 CONTEXT_DIM = 64
 LATENT_CHANNELS = 4
 IMAGE_SIZE = 32
+VAE_GROUPS = 8
+VAE_CHANNELS = (16, 32, 32)
+UNET_GROUPS = 8
 
 #: Stable Diffusion 1.x noise schedule (also what the pack's DDIM code assumes by default).
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -32,16 +39,21 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0
 
 @dataclass(frozen=True)
 class ToyGenerator:
-    """One toy generator: its UNet widths, init/training seed and weight file (text encoder and VAE shared)."""
+    """One toy generator: UNet widths, training seed, weight file (text encoder and VAE are shared), and -- like
+    SD1.4 / SD1.5, both continued from SD1.2 -- optionally the generator it is continued from, on other data."""
 
     unet_file: str
     block_out_channels: tuple[int, int]
     seed: int
+    init_from: Optional[str] = None
+    data_seed: int = 0
+    defect_prob: float = 0.3
 
 
 TOY_GENERATORS: dict[str, ToyGenerator] = {
     "toy": ToyGenerator("toy_unet.safetensors", (32, 64), 0),
-    "toy-2": ToyGenerator("toy2_unet.safetensors", (32, 32), 1),
+    # continued from toy with another seed on another dataset where defects are more common (40% vs 30%)
+    "toy-2": ToyGenerator("toy2_unet.safetensors", (32, 64), 1, init_from="toy", data_seed=1, defect_prob=0.4),
 }
 TEXT_ENCODER_FILE = "toy_text_encoder.safetensors"
 VAE_FILE = "toy_vae.safetensors"
@@ -58,7 +70,7 @@ def build_vae(scaling_factor: float = 1.0):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, layers_per_block=1,
-                         norm_num_groups=32, block_out_channels=(32, 32, 32),
+                         norm_num_groups=VAE_GROUPS, block_out_channels=VAE_CHANNELS,
                          down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                          sample_size=IMAGE_SIZE, scaling_factor=scaling_factor)
 
@@ -79,7 +91,7 @@ def build_unet(block_out_channels: tuple[int, int]):
         sample_size=IMAGE_SIZE // 4, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, layers_per_block=1,
         block_out_channels=tuple(block_out_channels),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=CONTEXT_DIM, attention_head_dim=8, norm_num_groups=32)
+        cross_attention_dim=CONTEXT_DIM, attention_head_dim=8, norm_num_groups=UNET_GROUPS)
 
 
 def build_scheduler():

@@ -32,18 +32,19 @@ from .models import (MANIFEST, REWARD_FILE, TEXT_ENCODER_FILE, TOY_GENERATORS, V
 class WorldRecipe:
     data_seed: int = 0
     n_images: int = 10000
-    vae_steps: int = 400
-    vae_batch: int = 24
+    vae_steps: int = 900
+    vae_batch: int = 16
     vae_crop: int = 16            #: the VAE is convolutional: train on random crops (4x cheaper)
-    vae_lr: float = 2e-3
+    vae_lr: float = 4e-3
     vae_kl: float = 1e-6
-    unet_steps: int = 1200
-    unet2_steps: int = 600
+    unet_steps: int = 800
+    unet2_steps: int = 150
+    unet2_images: int = 3000      #: toy-2's own dataset (seed and defect rate from TOY_GENERATORS)
     unet_batch: int = 16
     unet_lr: float = 1e-3
     ema: float = 0.995
     reward_scenes: int = 3000
-    reward_steps: int = 500
+    reward_steps: int = 400
     reward_batch: int = 32
     reward_lr: float = 1e-3
     threads: int = 1              #: on a busy 2-core machine two OpenMP threads ran 3-8x slower than one
@@ -161,7 +162,7 @@ class _Captions:
 
 
 def train_unet(name: str, latents: tuple[torch.Tensor, torch.Tensor], scaling: float, scenes: list[data.Scene],
-               recipe: WorldRecipe, text_encoder=None, steps: Optional[int] = None, log=_log):
+               recipe: WorldRecipe, text_encoder=None, steps: Optional[int] = None, init_unet=None, log=_log):
     """Epsilon-prediction diffusion training with caption dropout (CFG) and min-SNR-5 weighting.
 
     With ``text_encoder=None`` a fresh text encoder is trained jointly; otherwise it stays frozen (shared).
@@ -170,6 +171,8 @@ def train_unet(name: str, latents: tuple[torch.Tensor, torch.Tensor], scaling: f
     spec = TOY_GENERATORS[name]
     steps = (recipe.unet_steps if text_encoder is None else recipe.unet2_steps) if steps is None else steps
     unet = seeded(spec.seed + 100, build_unet, spec.block_out_channels)
+    if init_unet is not None:
+        unet.load_state_dict(init_unet.state_dict())
     joint = text_encoder is None
     te = seeded(spec.seed + 200, build_text_encoder) if joint else text_encoder
     te.train(joint).requires_grad_(joint)
@@ -204,7 +207,7 @@ def train_unet(name: str, latents: tuple[torch.Tensor, torch.Tensor], scaling: f
         opt.step()
         sched.step()
         ema.update(step)
-        if log and (step + 1) % 100 == 0:
+        if log and (step + 1) % 50 == 0:
             log(f"{name} unet step {step + 1}/{steps} loss {loss.item():.4f}")
     shadow_unet = ema.shadow[0]
     shadow_te = ema.shadow[1] if joint else text_encoder
@@ -228,8 +231,9 @@ def reward_pairs(seed: int, n: int) -> tuple[list[str], torch.Tensor, torch.Tens
 
 
 def train_reward(vae, recipe: WorldRecipe, steps: Optional[int] = None, n_scenes: Optional[int] = None, log=_log):
-    """Contrastive CLIP on VAE round-trips: for each caption its clean image beats the other images of the batch
-    AND its own defective version; for each clean image its caption beats the other captions."""
+    """Contrastive CLIP on VAE round trips of rendered scenes (what generated images look like): for each caption
+    its clean image beats the other images of the batch AND its own defective version; for each clean image its
+    caption beats the other captions. It never sees a generator's output."""
     import open_clip
 
     n = recipe.reward_scenes if n_scenes is None else n_scenes
@@ -283,7 +287,7 @@ def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-STAGES = ("vae", "toy", "reward", "toy-2")
+STAGES = ("vae", "reward", "toy", "toy-2")  # reward and toy may also run side by side (two processes)
 
 
 def _load_file(module: torch.nn.Module, out: Path, fname: str) -> torch.nn.Module:
@@ -299,8 +303,8 @@ def build_world(out: Path = WEIGHTS_DIR, recipe: Optional[WorldRecipe] = None, s
                 log=_log) -> WorldReport:
     """Train the toy-world models of ``stages`` and write their weight files + ``world.json`` to ``out``.
 
-    ``toy`` and ``reward`` need the VAE file, ``toy-2`` the text encoder file (from earlier stages or runs), so
-    ``toy`` and ``reward`` may run as two processes side by side.
+    ``reward`` and ``toy`` need the VAE file, ``toy-2`` also the text encoder file (from earlier stages or runs),
+    so ``reward`` may run as a second process beside ``toy``.
     """
     from .models import read_manifest
 
@@ -326,24 +330,30 @@ def build_world(out: Path = WEIGHTS_DIR, recipe: Optional[WorldRecipe] = None, s
     if "vae" in stages:
         vae = timed("vae", lambda: train_vae(images, recipe, log=log))
         save(VAE_FILE, vae)
-    vae = _load_file(build_vae(), out, VAE_FILE)
-    if "vae" in stages or "vae_scaling_factor" not in report.files:
-        report.files["vae_scaling_factor"] = scaling_factor(vae, images)
-    vae.register_to_config(scaling_factor=report.files["vae_scaling_factor"])
-    if "toy" in stages or "toy-2" in stages:
+    if {"reward", "toy", "toy-2", "vae"} & set(stages):
+        vae = _load_file(build_vae(), out, VAE_FILE)
+        if "vae" in stages or "vae_scaling_factor" not in report.files:
+            report.files["vae_scaling_factor"] = scaling_factor(vae, images)
+        vae.register_to_config(scaling_factor=report.files["vae_scaling_factor"])
+    if "reward" in stages:
+        reward = timed("reward", lambda: train_reward(vae, recipe, log=log))
+        save(REWARD_FILE, reward)
+    if "toy" in stages:
         latents = timed("encode", lambda: encode_all(vae, images))
     if "toy" in stages:
         unet, te = timed("toy", lambda: train_unet("toy", latents, vae.config.scaling_factor, scenes, recipe,
                                                    log=log))
         save(TEXT_ENCODER_FILE, te)
         save(TOY_GENERATORS["toy"].unet_file, unet)
-    if "reward" in stages:
-        reward = timed("reward", lambda: train_reward(vae, recipe, log=log))
-        save(REWARD_FILE, reward)
     if "toy-2" in stages:
+        spec = TOY_GENERATORS["toy-2"]
         te = _load_file(build_text_encoder(), out, TEXT_ENCODER_FILE)
-        unet2, _ = timed("toy-2", lambda: train_unet("toy-2", latents, vae.config.scaling_factor, scenes, recipe,
-                                                     text_encoder=te, log=log))
+        base = _load_file(build_unet(TOY_GENERATORS[spec.init_from].block_out_channels), out,
+                          TOY_GENERATORS[spec.init_from].unet_file)
+        scenes2, images2 = data.make_dataset(spec.data_seed, recipe.unet2_images, spec.defect_prob)
+        latents2 = encode_all(vae, images2)
+        unet2, _ = timed("toy-2", lambda: train_unet("toy-2", latents2, vae.config.scaling_factor, scenes2, recipe,
+                                                     text_encoder=te, init_unet=base, log=log))
         save(TOY_GENERATORS["toy-2"].unet_file, unet2)
     latest = read_manifest(out)  # merge with stages another process finished meanwhile
     report.files = {**latest.get("files", {}), **report.files}
