@@ -18,7 +18,7 @@ from reneg.core.errors import RenegError
 
 def _write(path: Path, dim=768, seed=0) -> Path:
     g = torch.Generator().manual_seed(seed)
-    return save_embedding(path, torch.randn(1, 77, dim, generator=g))
+    return save_embedding(path, torch.randn(1, 77, dim, generator=g), overwrite=True)  # tests re-write files
 
 
 def test_list_and_resolve_embeddings(tmp_path):
