@@ -25,6 +25,15 @@ from reneg.core.cli import main
 from reneg.core.embedding_io import load_embedding, save_embedding
 
 
+# diffusers / huggingface_hub give their loggers a StreamHandler bound to the sys.stderr of the moment it is
+# first needed; configure them now (collection time: pytest's session-wide stream), not under a test's capsys,
+# whose stream is closed after that test (later tests would then see "--- Logging error ---").
+for _lib in ("diffusers.utils.logging", "huggingface_hub.utils.logging", "transformers.utils.logging"):
+    try:
+        __import__(_lib, fromlist=["get_logger"]).get_logger()
+    except Exception:  # pragma: no cover - optional library layout
+        pass
+
 #: Peak RSS allowed for a CLI subprocess on a hostile file (python + torch import is ~0.4-0.6 GB; the bugs
 #: this guards against used 6 and 12 GB).
 RSS_LIMIT_MB = 1500
