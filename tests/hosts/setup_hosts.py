@@ -3,7 +3,7 @@
     python3 tests/hosts/setup_hosts.py [--cache DIR] [--shared DIR] [--hosts comfyui,a1111,forge]
 
 1. Verifies ``<shared>/hosts/SHA256SUMS`` (default shared: ``../shared`` beside the checkout) and unpacks each
-   snapshot into a cache OUTSIDE the repo: ``--cache`` / ``$RENEG_HOSTS_CACHE`` / ``~/.cache/reneg-hosts``.
+   snapshot into a cache OUTSIDE the repo: ``--cache`` / ``$RENEG_HOSTS_CACHE`` / ``~/reneg-hosts`` (never under a dot-folder: gradio refuses to serve files there).
 2. Builds each host's own venv the way its users do (ComfyUI: ``requirements.txt``; A1111/Forge:
    ``requirements_versions.txt`` with the offline adjustments of ``shared/hosts/README.md``). All venvs share ONE
    torch install, ``<cache>/torchbase`` (``pip install torch==2.14.1 torchvision==0.29.1``), through a ``.pth``
@@ -267,13 +267,18 @@ def write_env(path: Path, values: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get(
-        "RENEG_HOSTS_CACHE") or Path.home() / ".cache" / "reneg-hosts"))
+        "RENEG_HOSTS_CACHE") or Path.home() / "reneg-hosts"))
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--hosts", default="comfyui,a1111,forge")
     args = parser.parse_args(argv)
     cache = args.cache.resolve()
     if cache == REPO or REPO in cache.parents:
         raise SystemExit(f"[setup_hosts] the cache {cache} must be outside the repository {REPO}")
+    hidden = [part for part in cache.parts if part.startswith(".")]
+    if hidden:  # gradio (A1111/Forge) answers 403 for any file under a dot-folder: the webui's own JS would not load
+        raise SystemExit(f"[setup_hosts] the cache {cache} is inside a hidden folder ({hidden[0]}); the webuis' "
+                         "gradio refuses to serve files there (403), so their pages break. Choose a path without "
+                         "dot-folders, e.g. RENEG_HOSTS_CACHE=$HOME/reneg-hosts.")
     hosts_dir = args.shared / "hosts"
     if not (hosts_dir / "SHA256SUMS").is_file():
         raise SystemExit(f"[setup_hosts] {hosts_dir}/SHA256SUMS not found: put ../shared beside the checkout "
