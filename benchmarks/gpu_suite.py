@@ -94,7 +94,7 @@ def build(cpu_smoke: bool):
             dtype, 512, 30)
 
 
-def run_suite(cpu_smoke: bool, repeats: int, train_settings: list[tuple[int, bool]]) -> dict:
+def run_suite(cpu_smoke: bool, repeats: int, train_settings: list[tuple[int, bool]], refine_steps: int = 10) -> dict:
     from reneg.core import refine as refine_mod
     from reneg.core.train import TrainConfig, batch_latents, render, train_global
 
@@ -160,19 +160,17 @@ def run_suite(cpu_smoke: bool, repeats: int, train_settings: list[tuple[int, boo
 
     def refine_b1() -> dict:
         return timer.measure(lambda: refine_mod.refine_negative(
-            backend, reward, prompt, null, seed=0, max_steps=10, patience=11, lr=5e-3, num_inference_steps=n,
+            backend, reward, prompt, null, seed=0, max_steps=refine_steps, patience=refine_steps + 1, lr=5e-3, num_inference_steps=n,
             guidance_scale=g, height=size, width=size, final_image=True), max(1, repeats - 1), warmup=1)
     row("refine_b1", refine_b1)
 
     if hasattr(refine_mod, "refine_batch"):
         def refine_batched() -> dict:
-            import inspect
-
-            params = inspect.signature(refine_mod.refine_batch).parameters
-            kwargs = {k: v for k, v in dict(seeds=list(range(len(PROMPTS))), max_steps=10, patience=11, lr=5e-3,
-                                            num_inference_steps=n, guidance_scale=g, height=size,
-                                            width=size).items() if k in params}
-            measured = timer.measure(lambda: refine_mod.refine_batch(backend, reward, PROMPTS, null, **kwargs), 1)
+            config = refine_mod.RefineConfig(max_steps=refine_steps, patience=refine_steps + 1, lr=5e-3,
+                                             num_inference_steps=n, guidance_scale=g, height=size, width=size)
+            seeds = list(range(len(PROMPTS)))
+            measured = timer.measure(lambda: refine_mod.refine_batch(backend, reward, PROMPTS, null, seeds, config,
+                                                                     final_image=True), 1)
             measured["prompts"] = len(PROMPTS)
             return measured
         row("refine_batched", refine_batched)
@@ -236,9 +234,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train", default="8,8c,16c",
                    help="training settings: micro-batch sizes, 'c' = gradient checkpointing (default 8,8c,16c)")
+    p.add_argument("--refine-steps", type=int, default=10, help="refinement steps (default 10, the target's)")
     args = p.parse_args(argv)
     settings = [(int(s.rstrip("c")), s.endswith("c")) for s in args.train.split(",") if s]
-    suite = run_suite(args.cpu_smoke, args.repeats, settings)
+    suite = run_suite(args.cpu_smoke, args.repeats, settings, args.refine_steps)
     suite.update(commit=args.commit, torch=torch.__version__,
                  date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), cpu_smoke=args.cpu_smoke)
     suite["summary"] = summarise(suite)

@@ -18,12 +18,12 @@ def _load():
 
 def test_cpu_smoke_writes_every_headline_field(tmp_path, capsys):
     suite = _load()
-    rc = suite.main(["--cpu-smoke", "--out", str(tmp_path), "--repeats", "1", "--train", "2,2c", "--commit", "abc"])
+    rc = suite.main(["--cpu-smoke", "--out", str(tmp_path), "--repeats", "1", "--train", "2c", "--refine-steps", "2", "--commit", "abc"])
     data = json.loads((tmp_path / "gpu_suite.json").read_text())
     printed = capsys.readouterr().out
     assert rc == 0, data["rows"]
-    for row in ("pipeline_generation", "generation_text_negative", "generation_embedding", "train_mb2",
-                "train_mb2_ckpt", "refine_b1"):
+    for row in ("pipeline_generation", "generation_text_negative", "generation_embedding", "train_mb2_ckpt",
+                "refine_b1", "refine_batched"):
         assert "error" not in data["rows"][row] and data["rows"][row].get("seconds", 1) > 0, row
     summary = data["summary"]
     assert summary["train_samples_per_s"] > 0 and summary["refine_x_generation"] > 0
