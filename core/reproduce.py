@@ -186,7 +186,8 @@ def reproduce(backend: DiffusionBackend, reward: Reward, metrics: Mapping[str, R
                     res = refine_batch(backend, reward, prompts, negatives[GLOBAL], seeds, refine_cfg)
                     images = torch.cat([r.image for r in res]).float()
                     for j, (i, r) in enumerate(zip(chunk, res)):
-                        save_embedding(bdir / "refined" / f"{i:05d}.safetensors", r.best, base_model=backend.name,
+                        save_embedding(bdir / "refined" / f"{i:05d}.safetensors", r.best, overwrite=True,  # redone after a kill
+                                       base_model=backend.name,
                                        reward=getattr(reward, "name", ""), kind="per-prompt", prompt=r.prompt,
                                        seed=str(r.seed), init=GLOBAL, start_reward=f"{r.start_reward:.6g}",
                                        best_reward=f"{r.best_reward:.6g}", steps=r.best_step)
