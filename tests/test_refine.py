@@ -186,7 +186,7 @@ def test_batch_equals_independent_runs(backend, tiny_reward, selection):
     reward = PerPromptReward(tiny_reward, reference)
     config = RefineConfig(max_steps=4, patience=2, lr=0.05, selection=selection, **CFG)
     calls = []
-    batch = refine_batch(backend, reward, prompts, init, seeds, config,
+    batch = refine_batch(backend, reward, prompts, init, seeds, config, final_image=True,
                          callback=lambda k, n, scores, _: calls.append(scores))
     assert [r.prompt for r in batch] == prompts and [r.seed for r in batch] == seeds
     if selection == "final":  # 'stuck' stops after patience 2; the others run on (per-row stop mask)
