@@ -184,10 +184,17 @@ class PixArtBackend:
 
 
 def _model_index_class(path: Path) -> str:
+    """The pipeline class a folder's ``model_index.json`` names, or "" when it names none (a malformed index is
+    reported by the loader that needs it, with the file's name)."""
+    index = path / "model_index.json"
     try:
-        return str(json.loads((path / "model_index.json").read_text(encoding="utf-8")).get("_class_name", ""))
-    except (OSError, ValueError):
+        if index.stat().st_size > 1 << 20:
+            return ""
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return ""
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 def is_pixart_model(model: str) -> bool:
