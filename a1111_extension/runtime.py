@@ -22,12 +22,26 @@ log = logging.getLogger("reneg.a1111")
 _reward_cache: dict[str, Any] = {}
 
 
+def loaded_sd_model() -> Any:
+    """``shared.sd_model``, loaded first on Forge: Forge keeps a placeholder (``FakeInitialModel``) until the first
+    generation and loads the selected checkpoint in ``sd_models.forge_model_reload()``, as its txt2img does."""
+    model = shared.sd_model
+    if type(model).__name__ == "FakeInitialModel" or model is None:
+        from modules import sd_models
+
+        reload = getattr(sd_models, "forge_model_reload", None)
+        if reload is not None:
+            model, _ = reload()
+    return model
+
+
 def current_backend():
     """A DiffusionBackend over ``shared.sd_model`` (refuses --lowvram/--medvram, SDXL, inpainting models)."""
+    sd_model = loaded_sd_model()
     kwargs = {}
-    if not hasattr(shared.sd_model, "forge_objects"):
+    if not hasattr(sd_model, "forge_objects"):
         kwargs = dict(dtype=getattr(devices, "dtype_unet", None), vae_dtype=getattr(devices, "dtype_vae", None))
-    backend = backend_for(shared.sd_model, shared.cmd_opts, **kwargs)
+    backend = backend_for(sd_model, shared.cmd_opts, **kwargs)
     if isinstance(backend, ForgeBackend):
         backend.prepare_for_grad()
     return backend

@@ -12,22 +12,20 @@ Environment (nothing else): ``A1111_PATH``/``A1111_PYTHON`` for A1111, ``FORGE_P
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+
+import forge_checkpoint
+import test_a1111_e2e as a1
+import test_forge_e2e as fe
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASED = Path(os.environ.get("RENEG_RELEASED_DIR", REPO.parent / "shared" / "fixtures" / "released"))
@@ -40,112 +38,51 @@ WRONG_FAMILY = "sd2.1_reneg_emb"
 BROKEN = "broken-download"
 PROMPT = "a photo of a cat"
 
-#: flavour -> (path env, python env, extra launch flags)
+#: flavour -> (its *_PATH env var, the host to launch, API client class). A1111 runs the tiny ldm checkpoint;
+#: Forge the checkpoint it can load offline (tests/e2e/forge_checkpoint.py: tiny UNet, Forge's SD1.5 VAE/CLIP).
 FLAVOURS = {
-    "a1111": ("A1111_PATH", "A1111_PYTHON", ["--use-cpu", "all", "--no-half", "--skip-torch-cuda-test",
-                                              "--do-not-download-clip"]),
+    "a1111": ("A1111_PATH", a1.A1111, a1.Webui),
+    "forge": ("FORGE_PATH", fe.FORGE, fe.ForgeClient),
 }
-# Forge is not in the browser run yet: with this module's tiny checkpoint the Forge page never finished setting up
-# its accordions in CI (no "-visible-checkbox"; cause not found). Forge's API/infotext checks run in
-# tests/e2e/test_forge_e2e.py on the Forge-loadable checkpoint instead. To try it: add
-#   "forge": ("FORGE_PATH", "FORGE_PYTHON", ["--always-cpu", "--skip-torch-cuda-test", "--do-not-download-clip"]),
 
 pytestmark = [pytest.mark.e2e]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def txt2img(api, reneg_args=None, **kw):
+    """``/sdapi/v1/txt2img`` at this module's small settings: (base64 images, info dict)."""
+    payload = dict(prompt=PROMPT, steps=4, cfg_scale=5, width=64, height=64, seed=7, sampler_name="DDIM", **kw)
+    if reneg_args is not None:
+        payload["alwayson_scripts"] = {"reneg": {"args": reneg_args}}
+    out = api.post("/sdapi/v1/txt2img", payload)
+    return out["images"], json.loads(out["info"])
 
 
-class Api:
-    def __init__(self, url: str):
-        self.url = url
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=60) as r:
-            return json.loads(r.read())
-
-    def post(self, path: str, payload: dict):
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=900) as r:
-            return json.loads(r.read())
-
-    def txt2img(self, reneg_args=None, **kw):
-        payload = dict(prompt=PROMPT, steps=4, cfg_scale=5, width=64, height=64, seed=7, sampler_name="DDIM", **kw)
-        if reneg_args is not None:
-            payload["alwayson_scripts"] = {"reneg": {"args": reneg_args}}
-        out = self.post("/sdapi/v1/txt2img", payload)
-        return out["images"], json.loads(out["info"])
-
-
-def _prepare(data: Path) -> Path:
-    """Tiny checkpoint, the released sd1.5/sd2.1 files and a random-bytes .bin in models/ReNeg, the pack."""
-    from reneg.a1111_extension.tiny_checkpoint import write_checkpoint
-
-    ckpt = write_checkpoint(data / "models" / "Stable-diffusion", "reneg-tiny", "tiny",
-                            text_encoder_dir=data / "tiny-text-encoder")
+def _prepare(flavour: str, data: Path, tmp_path_factory) -> Path:
+    """a1._prepare's webui data folder, plus the released sd1.5/sd2.1 files and a random-bytes .bin."""
+    checkpoint = None
+    if flavour == "forge":
+        cache = Path(os.environ.get("RENEG_E2E_CACHE") or tmp_path_factory.mktemp("forge-ckpt"))
+        checkpoint = forge_checkpoint.ensure(cache)
+    ckpt = a1._prepare(data, checkpoint)
     models = data / "models" / "ReNeg"
-    models.mkdir(parents=True)
     for name in (RELEASED_NAME, WRONG_FAMILY):
         shutil.copyfile(RELEASED / f"{name}.bin", models / f"{name}.bin")
     (models / f"{BROKEN}.bin").write_bytes(os.urandom(4096))  # e.g. an HTML error page saved as .bin
-    (data / "extensions").mkdir()
-    (data / "extensions" / "reneg").symlink_to(REPO, target_is_directory=True)
     return ckpt
-
-
-@contextlib.contextmanager
-def _launch(flavour: str, data: Path, ckpt: Path):
-    path_env, python_env, flags = FLAVOURS[flavour]
-    webui = Path(os.environ[path_env])
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(data / "hf-home")}
-    env.pop("RENEG_REWARDS_DIR", None)  # the test decides which rewards are installed
-    log_path = data / "webui.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [os.environ.get(python_env, sys.executable), "launch.py", "--data-dir", str(data), "--ckpt", str(ckpt),
-             "--api", "--port", str(port), "--server-name", "127.0.0.1", "--skip-prepare-environment",
-             "--skip-install", "--skip-version-check", *flags],
-            cwd=webui, env=env, stdout=log, stderr=subprocess.STDOUT)
-        api = Api(f"http://127.0.0.1:{port}")
-        try:
-            deadline = time.time() + 420
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"{flavour} exited ({proc.returncode}); log:\n{log_path.read_text()[-4000:]}")
-                try:
-                    api.get("/sdapi/v1/scripts")
-                    api.get("/config")
-                    break
-                except (urllib.error.URLError, ConnectionError, OSError):
-                    if time.time() > deadline:
-                        pytest.fail(f"{flavour} did not start within 420 s; log:\n{log_path.read_text()[-4000:]}")
-                    time.sleep(2)
-            yield api
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 @pytest.fixture(scope="module", params=sorted(FLAVOURS))
 def webui(request, tmp_path_factory):
     flavour = request.param
-    path_env = FLAVOURS[flavour][0]
+    path_env, host, client_class = FLAVOURS[flavour]
     if not os.environ.get(path_env):
         pytest.skip(f"set {path_env} to run the browser tests against {flavour}")
     if not (RELEASED / f"{RELEASED_NAME}.bin").is_file():
         pytest.fail(f"released embeddings not found at {RELEASED} (set RENEG_RELEASED_DIR)")
     data = tmp_path_factory.mktemp(f"{flavour}-browser")
-    ckpt = _prepare(data)
-    with _launch(flavour, data, ckpt) as api:
-        yield flavour, api, data
+    ckpt = _prepare(flavour, data, tmp_path_factory)
+    with a1._webui(data, ckpt, ui=True, host=host) as client:
+        yield flavour, client_class(client.url), data
 
 
 @pytest.fixture(scope="module")
@@ -395,10 +332,10 @@ def test_api_reports_not_applied_and_skipped_refinement(webui):
     from reneg.a1111_extension.script_logic import args_from_infotext
 
     _, api, _ = webui
-    _, info = api.txt2img([True, "no-such-file"])
+    _, info = txt2img(api, [True, "no-such-file"])
     extra = info["extra_generation_params"]
     assert "not found" in extra.get("ReNeg not applied", ""), extra
-    _, info = api.txt2img([True, RELEASED_NAME, 1.0, True, 2, 2, "hpsv2.1"])
+    _, info = txt2img(api, [True, RELEASED_NAME, 1.0, True, 2, 2, "hpsv2.1"])
     extra, text = info["extra_generation_params"], info["infotexts"][0]
     assert "not installed" in extra.get("ReNeg refine skipped", ""), extra
     assert f"ReNeg: {RELEASED_NAME}" in text and "ReNeg refine steps" not in text, text
@@ -425,7 +362,7 @@ def test_xyz_plot_axes_exist_and_change_the_output(webui):
         text, dropdown = ("", values) if axis == "[ReNeg] Embedding" else (", ".join(map(str, values)), [])
         xyz = [labels.index(axis), text, dropdown, 0, "", [], 0, "", [], True, True, False, False, False, False,
                False, 0, False]
-        images, _ = api.txt2img([False, RELEASED_NAME], script_name="x/y/z plot", script_args=xyz)
+        images, _ = txt2img(api, [False, RELEASED_NAME], script_name="x/y/z plot", script_args=xyz)
         return [np.asarray(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB")).astype(int)
                 for b in images[1:]]  # [grid, cell, cell, ...]
 

@@ -130,6 +130,7 @@ def _webui(data: Path, ckpt: Path, ui: bool, host: Host = A1111):
         pytest.skip(f"{webui} is not a {host.name} checkout with {', '.join(missing)}")
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(data / "hf-home")}
+    env.pop("RENEG_REWARDS_DIR", None)  # the test decides which rewards are installed
     log_path = data / "webui.log"
     mode = ["--api"] if ui else ["--nowebui", "--api"]
     with open(log_path, "w") as log:
@@ -140,16 +141,18 @@ def _webui(data: Path, ckpt: Path, ui: bool, host: Host = A1111):
              "--do-not-download-clip", *host.flags], cwd=webui, env=env, stdout=log, stderr=subprocess.STDOUT)
         client = Webui(f"http://127.0.0.1:{port}")
         try:
-            deadline = time.time() + 300
+            deadline = time.time() + 420
             while True:
                 if proc.poll() is not None:
-                    pytest.fail(f"webui exited ({proc.returncode}); log:\n{log_path.read_text()[-4000:]}")
+                    pytest.fail(f"{host.name} exited ({proc.returncode}); log:\n{log_path.read_text()[-4000:]}")
                 try:
                     client.get("/sdapi/v1/scripts")
+                    if ui:
+                        client.get("/config")
                     break
                 except (urllib.error.URLError, ConnectionError, OSError):
                     if time.time() > deadline:
-                        pytest.fail("webui did not start within 300 s; log:\n" + log_path.read_text()[-4000:])
+                        pytest.fail(f"{host.name} did not start within 420 s; log:\n" + log_path.read_text()[-4000:])
                     time.sleep(2)
             yield client
         finally:

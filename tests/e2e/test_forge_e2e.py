@@ -26,11 +26,12 @@ import test_a1111_e2e as a1
 from test_a1111_e2e import (  # noqa: F401  (collected here: the same checks, run against Forge)
     test_embedding_replaces_uncond_and_leaves_other_generations_alone, test_every_pass_and_sampler_is_replaced,
     test_refine_for_this_prompt, test_script_is_registered_with_documented_args,
-    test_strength_infotext_and_png_info_roundtrip, test_tab_settings_and_accordion_are_built,
+    test_strength_infotext_and_png_info_roundtrip, test_tab_interrupt_keeps_valid_file_and_resume_finishes,
+    test_tab_settings_and_accordion_are_built, test_tab_trains_with_live_progress,
     test_wrong_family_embedding_is_a_noop)
-# Not run here: test_tab_trains_with_live_progress fails on Forge (the tab reports "The loaded model
-# (FakeInitialModel) has no 'apply_model'": Forge loads the checkpoint only at the first generation) and
-# test_webui_ddim_equals_core_engine (built for A1111's tiny ldm checkpoint). See docs/a1111.md#forge.
+# Not run here: test_webui_ddim_equals_core_engine (built for A1111's tiny ldm checkpoint). The tab's training
+# runs first thing after start-up here (ui_server is a fresh webui), before any generation: Forge loads its
+# checkpoint lazily and the tab must load it itself (a1111_extension/runtime.py: loaded_sd_model).
 
 FORGE_PATH = os.environ.get("FORGE_PATH")
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(

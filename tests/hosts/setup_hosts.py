@@ -198,11 +198,13 @@ def setup_comfyui(root: Path, cache: Path, torch_site: str) -> Path:
     return python
 
 
-def setup_a1111(root: Path, cache: Path, torch_site: str) -> Path:
-    reqs_text = webui_requirements(root, [OPENAI_CLIP])
-    venv = cache / "venvs" / "a1111"
+def setup_webui(name: str, root: Path, cache: Path, torch_site: str, extra: list[str]) -> Path:
+    """A1111's or Forge's venv from its ``requirements_versions.txt`` (+ ``extra``), then the pack installed as
+    ``run_extension_installer`` does (``extensions/`` + ``install.py``); rebuilt only when its inputs change."""
+    reqs_text = webui_requirements(root, extra)
+    venv = cache / "venvs" / name
     key = inputs_hash(reqs_text.encode())
-    ext = link_pack(root / "extensions" / PACK_FOLDER["a1111"])
+    ext = link_pack(root / "extensions" / PACK_FOLDER[name])
     python = venv_python(venv)
     if not fresh_venv(venv, key):
         t = time.time()
@@ -213,8 +215,12 @@ def setup_a1111(root: Path, cache: Path, torch_site: str) -> Path:
         pip(python, SETUPTOOLS)
         run_extension_installer(python, root, ext)
         (venv / ".reneg-ok").write_text(key + "\n")
-        log(f"a1111 venv built in {time.time() - t:.0f} s")
+        log(f"{name} venv built in {time.time() - t:.0f} s")
     return python
+
+
+def setup_a1111(root: Path, cache: Path, torch_site: str) -> Path:
+    return setup_webui("a1111", root, cache, torch_site, [OPENAI_CLIP])
 
 
 def forge_repositories(root: Path, a1111_root: Path, cache: Path) -> None:
@@ -239,22 +245,7 @@ def forge_repositories(root: Path, a1111_root: Path, cache: Path) -> None:
 
 def setup_forge(root: Path, a1111_root: Path, cache: Path, torch_site: str) -> Path:
     forge_repositories(root, a1111_root, cache)
-    reqs_text = webui_requirements(root, [])
-    venv = cache / "venvs" / "forge"
-    key = inputs_hash(reqs_text.encode())
-    ext = link_pack(root / "extensions" / PACK_FOLDER["forge"])
-    python = venv_python(venv)
-    if not fresh_venv(venv, key):
-        t = time.time()
-        python = new_venv(venv, torch_site)
-        reqs = venv / "requirements_reneg_ci.txt"
-        reqs.write_text(reqs_text)
-        pip(python, "-r", reqs)
-        pip(python, SETUPTOOLS)
-        run_extension_installer(python, root, ext)
-        (venv / ".reneg-ok").write_text(key + "\n")
-        log(f"forge venv built in {time.time() - t:.0f} s")
-    return python
+    return setup_webui("forge", root, cache, torch_site, [])
 
 
 def write_env(path: Path, values: dict[str, str]) -> None:
