@@ -14,6 +14,8 @@
    ``pip install -r requirements.txt``, then ``python install.py`` with ComfyUI's Python); A1111/Forge (folder in
    ``extensions/``, ``install.py`` run as ``launch_utils.run_extension_installer`` runs it: the host's Python, the
    webui root on ``PYTHONPATH`` so ``import launch`` works).
+   The three host venvs are built at the same time (pip is mostly download- and unpack-bound); each one's
+   command output goes to ``<cache>/logs/<host>.log`` (its tail is printed if it fails).
 4. Writes ``<cache>/hosts.env`` (shell ``export`` lines) for ``.ci/run``: COMFYUI_PATH, COMFYUI_PYTHON, A1111_PATH,
    A1111_PYTHON, FORGE_PATH, FORGE_PYTHON, RENEG_E2E_CACHE, RENEG_CHROMIUM.
 
@@ -28,9 +30,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
@@ -52,16 +57,45 @@ HOSTS = {  # name: (archive, folder inside the archive)
 }
 
 
+#: Per build thread: ``name`` (shown in log lines) and ``file`` (where its commands' output goes).
+_job = threading.local()
+
+
 def log(msg: str) -> None:
-    print(f"[setup_hosts {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    name = getattr(_job, "name", "")
+    print(f"[setup_hosts {time.strftime('%H:%M:%S')}{' ' + name if name else ''}] {msg}", flush=True)
 
 
 def run(cmd: list[str], **kw) -> None:
     log("$ " + " ".join(str(c) for c in cmd))
+    sink = getattr(_job, "file", None)
+    if sink is not None:
+        sink.write("$ " + " ".join(str(c) for c in cmd) + "\n")
+        sink.flush()
+        kw = {**kw, "stdout": sink, "stderr": subprocess.STDOUT}
     try:
         subprocess.run([str(c) for c in cmd], check=True, **kw)
     except subprocess.CalledProcessError as exc:
-        raise SystemExit(f"[setup_hosts] FAILED ({exc.returncode}): {' '.join(str(c) for c in cmd)}") from None
+        tail = ""
+        if sink is not None:
+            sink.flush()
+            tail = "\n" + "".join(Path(sink.name).read_text(errors="replace").splitlines(True)[-60:])
+        raise SystemExit(f"[setup_hosts] FAILED ({exc.returncode}): {' '.join(str(c) for c in cmd)}"
+                         f"{' (log: ' + sink.name + ')' if sink is not None else ''}{tail}") from None
+
+
+def in_parallel(jobs: dict[str, Callable[[], Path]], logs: Path) -> dict[str, Path]:
+    """Run ``{name: build}`` at once, each build's command output in ``logs/<name>.log``; the first failure stops."""
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def job(name: str, build: Callable[[], Path]) -> Path:
+        with open(logs / f"{name}.log", "w") as fh:
+            _job.name, _job.file = name, fh
+            return build()
+
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        futures = {name: pool.submit(job, name, build) for name, build in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def sha256(path: Path) -> str:
@@ -282,14 +316,15 @@ def main(argv: list[str] | None = None) -> None:
     torch_site = torchbase(cache)
     env = {"RENEG_E2E_CACHE": str(cache / "e2e"), "RENEG_CHROMIUM": "/usr/bin/chromium"}
     (cache / "e2e").mkdir(exist_ok=True)
-    if "comfyui" in wanted:
-        env.update(COMFYUI_PATH=str(roots["comfyui"]),
-                   COMFYUI_PYTHON=str(setup_comfyui(roots["comfyui"], cache, torch_site)))
-    if "a1111" in wanted:
-        env.update(A1111_PATH=str(roots["a1111"]), A1111_PYTHON=str(setup_a1111(roots["a1111"], cache, torch_site)))
-    if "forge" in wanted:
-        env.update(FORGE_PATH=str(roots["forge"]),
-                   FORGE_PYTHON=str(setup_forge(roots["forge"], roots["a1111"], cache, torch_site)))
+    builds = {"comfyui": lambda: setup_comfyui(roots["comfyui"], cache, torch_site),
+              "a1111": lambda: setup_a1111(roots["a1111"], cache, torch_site),
+              "forge": lambda: setup_forge(roots["forge"], roots["a1111"], cache, torch_site)}
+    t = time.time()
+    pythons = in_parallel({name: build for name, build in builds.items() if name in wanted}, cache / "logs")
+    log(f"host venvs ready in {time.time() - t:.0f} s")
+    for name, python in pythons.items():
+        key = {"comfyui": "COMFYUI", "a1111": "A1111", "forge": "FORGE"}[name]
+        env.update({f"{key}_PATH": str(roots[name]), f"{key}_PYTHON": str(python)})
     write_env(cache / "hosts.env", env)
 
 
