@@ -35,6 +35,7 @@ from .outputs import OutputLock
 from .objective import draw_step_index, reneg_objective
 from .rewards.base import Reward
 from .training_log import log_paths, plot_rewards, write_csv
+from .train_outputs import CLI_CHOICES, RunChoices, check_output, clear_previews, train_outputs  # noqa: F401
 
 MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Config fields that do not change the optimisation (may differ between a run and its resumption).
@@ -451,42 +452,11 @@ def model_identity(name: str) -> str:
     return str(p.resolve()) if p is not None and p.exists() else name
 
 
-def train_outputs(out: str | Path) -> list[Path]:
-    """Every file a training run writes for ``out``: the embedding, its state, the CSV log and the curve."""
-    out = Path(out).expanduser()
-    return [out, state_path(out), *log_paths(out)]
-
-
-def check_output(out: str | Path, resume: bool = False, overwrite: bool = False,
-                 inputs: Sequence[Optional[str | Path]] = ()) -> None:
-    """The output-path errors of :func:`train_global` (hosts call it before loading models, to fail fast):
-    wrong extension or kind, an input among the outputs, an earlier run's files without resume/overwrite,
-    resume without a state, an unwritable folder."""
-    from .outputs import check_output_file
-
-    out_path = Path(out).expanduser()
-    if out_path.suffix.lower() != ".safetensors":
-        raise RenegError(f"{out_path}: the output embedding must be a .safetensors file.")
-    spath = state_path(out_path)
-    for path in train_outputs(out_path):  # kinds, inputs, writability; existence is decided below
-        check_output_file(path, overwrite=True, inputs=inputs, what="training output")
-    if resume and not spath.is_file():
-        raise RenegError(f"No training state at {spath}; nothing to resume. Start without --resume.")
-    if not resume and not overwrite:
-        existing = [p.name for p in train_outputs(out_path) if os.path.lexists(p)]
-        if spath.exists():
-            raise RenegError(f"{spath} exists (a previous run of {out_path.name}). Resume it (--resume), or "
-                             "delete it / pass --overwrite to start over.")
-        if existing:
-            raise RenegError(f"{', '.join(existing)} already exist in {out_path.parent}; pass --overwrite to "
-                             "replace them, or choose another output name.")
-
-
 def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[str], config: TrainConfig,
                  callbacks: Optional[TrainCallbacks] = None, *, init_negative: Optional[torch.Tensor] = None,
                  out: Optional[str | Path] = None, resume: bool = False, overwrite: bool = False,
                  dist: Optional[DistContext] = None, metadata: Optional[dict] = None,
-                 extend: bool = False) -> TrainResult:
+                 extend: bool = False, choices: RunChoices = CLI_CHOICES) -> TrainResult:
     """Train one negative embedding for ``prompts``; see the module docstring.
 
     ``init_negative``: ``[1,T,D]`` start (default: the null-text embedding ``encode_prompts([""])``).
@@ -497,6 +467,9 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
     ``resume``): ``config.steps`` may differ from the saved run's (at least the steps done); the run continues
     to the new total with the learning-rate schedule re-planned over it.
     ``dist``: process context of a launched multi-process run (:func:`.distributed.init_distributed`).
+    An earlier run's files (:func:`.train_outputs.check_output`) are refused unless ``resume`` or ``overwrite``;
+    a run that starts over removes the earlier run's preview images. ``choices``: the host's words for
+    resume/overwrite in those messages.
     """
     prompts = [p for p in prompts]
     if not prompts:
@@ -507,12 +480,14 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
     if out_path is None and (config.save_every or resume):
         raise RenegError("Checkpoints (save_every/resume) need an output path.")
     if out_path is not None:
-        check_output(out_path, resume, overwrite)
+        check_output(out_path, resume, overwrite, choices=choices)
     lock = OutputLock(out_path) if out_path is not None and dist.is_main else None
     if lock is not None:
         lock.acquire()
         try:
-            check_output(out_path, resume, overwrite)  # again under the lock: another run may have just finished
+            check_output(out_path, resume, overwrite, choices=choices)  # again under the lock: another run may
+            if overwrite and not resume:                                 # have just finished
+                clear_previews(out_path)  # starting over: no earlier run's previews among this run's
         except BaseException:
             lock.release()
             raise
