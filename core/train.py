@@ -31,11 +31,11 @@ from .distributed import DistContext
 from .embedding_io import check_compatible, save_embedding
 from .errors import NothingLearnedError, RenegError
 from .model_boundary import DiffusionBackend, encode_fp32
-from .outputs import OutputLock
+from .outputs import CLI_CHOICES, OutputLock, RunChoices
 from .objective import draw_step_index, reneg_objective
 from .rewards.base import Reward
 from .training_log import log_paths, plot_rewards, write_csv
-from .train_outputs import CLI_CHOICES, RunChoices, check_output, clear_previews, train_outputs  # noqa: F401
+from .train_outputs import check_output, clear_previews, train_outputs  # noqa: F401  (train_outputs: API)
 
 MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Config fields that do not change the optimisation (may differ between a run and its resumption).
@@ -272,7 +272,8 @@ class _Trainer:
         return {"reward": str(self.meta.get("reward", "")), "model": model_identity(self.backend.name),
                 "context_dim": int(self.backend.context_dim)}
 
-    def load_state_dict(self, state: dict, where: str, extend: bool = False) -> None:
+    def load_state_dict(self, state: dict, where: str, extend: bool = False,
+                        choices: RunChoices = CLI_CHOICES) -> None:
         saved_id = state.get("identity") or {  # states written before the identity was recorded
             "reward": str(state.get("meta", {}).get("reward", "")),
             "model": model_identity(str(state.get("meta", {}).get("base_model", "")))}
@@ -281,8 +282,8 @@ class _Trainer:
         if id_diff:
             details = ", ".join(f"{k}: saved {saved_id[k]!r} vs now {now_id[k]!r}" for k in id_diff)
             raise RenegError(f"{where}: cannot resume with a different {' and '.join(id_diff)} ({details}); that "
-                             "would mix two objectives in one embedding. Resume with the same --model/--reward, "
-                             "or start over (--overwrite) / choose another output.")
+                             "would mix two objectives in one embedding. Resume with the same model and reward, "
+                             f"or {choices.overwrite} to start over, or choose another output.")
         try:
             theirs = json.loads(state["recipe"])
         except (TypeError, ValueError) as exc:
@@ -313,7 +314,7 @@ class _Trainer:
             self.generator.set_state(state["generator"])
         except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
             raise RenegError(f"{where}: the optimizer/RNG part of the state is damaged ({type(exc).__name__}); "
-                             "delete it and start over (--overwrite).") from exc
+                             f"delete it, or {choices.overwrite} to start over.") from exc
         if "anchor" in state:
             self.anchor = state["anchor"].to(self.device, torch.float32)
         self.step, self.skipped, self.log = int(state["step"]), int(state["skipped"]), list(state["log"])
@@ -493,14 +494,14 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
             raise
     try:
         return _train_locked(backend, reward, prompts, config, callbacks, init_negative, out_path, resume, dist,
-                             metadata, extend)
+                             metadata, extend, choices)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train_locked(backend, reward, prompts, config, callbacks, init_negative, out_path, resume, dist,
-                  metadata, extend) -> TrainResult:
+                  metadata, extend, choices) -> TrainResult:
     meta = {"base_model": backend.name, "reward": getattr(reward, "name", type(reward).__name__),
             "processes": str(dist.world_size), "weight_decay": str(config.weight_decay),
             "weight_decay_target": config.weight_decay_target, "t_sampling": config.t_sampling, **{k: str(v) for k, v in (metadata or {}).items()}}
@@ -509,7 +510,7 @@ def _train_locked(backend, reward, prompts, config, callbacks, init_negative, ou
     if out_path is not None:
         spath = state_path(out_path)
         if resume:
-            trainer.load_state_dict(load_state(spath), str(spath), extend=extend)
+            trainer.load_state_dict(load_state(spath, choices), str(spath), extend=extend, choices=choices)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(backend)
     result = trainer.run()

@@ -8,29 +8,16 @@ start over; a resume of the same run keeps updating its own. Hosts name that cho
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .checkpoint import state_path
 from .errors import OutputError, RenegError
-from .outputs import check_output_file
+from .outputs import CLI_CHOICES, RunChoices, check_output_file, sentence
 from .training_log import log_paths, preview_dir
 
 #: Preview images of a run: ``<stem>.previews/step_NNNNNN.png``.
 PREVIEW_GLOB = "step_*.png"
-
-
-@dataclass(frozen=True)
-class RunChoices:
-    """How a host tells the user to resume or to start over (phrases that complete "..., or X to ...")."""
-
-    resume: str = "pass --resume"
-    overwrite: str = "pass --overwrite"
-    no_resume: str = "start without --resume"
-
-
-CLI_CHOICES = RunChoices()
 
 
 def train_outputs(out: str | Path) -> list[Path]:
@@ -73,12 +60,11 @@ def check_output(out: str | Path, resume: bool = False, overwrite: bool = False,
         raise OutputError(f"{folder} is a file; training previews go into a folder of that name. Move the file "
                           "away or choose another output name.")
     if resume and not spath.is_file():
-        raise RenegError(f"No training state at {spath}; nothing to resume. {choices.no_resume[0].upper()}"
-                         f"{choices.no_resume[1:]}.")
+        raise RenegError(f"No training state at {spath}; nothing to resume. {sentence(choices.no_resume)}.")
     if not resume and not overwrite:
         if spath.exists():
-            raise RenegError(f"{spath} exists (a previous run of {out_path.name}). {choices.resume[0].upper()}"
-                             f"{choices.resume[1:]} to continue it, or {choices.overwrite} to start over.")
+            raise RenegError(f"{spath} exists (a previous run of {out_path.name}). {sentence(choices.resume)} to "
+                             f"continue it, or {choices.overwrite} to start over.")
         existing = existing_run_files(out_path)
         if existing:
             raise OutputError(f"{_listed(existing)} of an earlier run already exist in {out_path.parent}; "
