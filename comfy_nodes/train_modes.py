@@ -39,7 +39,7 @@ class TrainPlan:
 
 #: The node's words for continuing or starting over a run (its ``if_exists`` input).
 NODE_CHOICES = RunChoices(resume=f"set if_exists to '{CONTINUE}'", overwrite=f"set if_exists to '{RESTART}'",
-                          no_resume=f"set if_exists to '{RESTART}' or '{NEW_NAME}'")
+                          no_resume="queue the graph again")
 
 
 def _taken(out: Path) -> bool:

@@ -38,8 +38,8 @@ def load_state(path: str | Path, choices: RunChoices = CLI_CHOICES) -> dict[str,
     from .embedding_io import clean_cause
 
     def _unreadable(p: Path, why: str) -> RenegError:
-        return RenegError(f"{p}: unreadable training state ({why}). It cannot be resumed; to start again, "
-                          f"delete it (or {choices.overwrite}) and {choices.no_resume}.")
+        return RenegError(f"{p}: unreadable training state ({why}); it cannot be resumed. To start again, "
+                          f"{choices.overwrite}, or delete it and {choices.no_resume}.")
 
     p = Path(path)
     if p.is_dir():

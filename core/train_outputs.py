@@ -67,7 +67,8 @@ def check_output(out: str | Path, resume: bool = False, overwrite: bool = False,
                              f"continue it, or {choices.overwrite} to start over.")
         existing = existing_run_files(out_path)
         if existing:
-            raise OutputError(f"{_listed(existing)} of an earlier run already exist in {out_path.parent}; "
+            verb = "exists" if len(existing) == 1 else "exist"
+            raise OutputError(f"{_listed(existing)} of an earlier run already {verb} in {out_path.parent}; "
                               f"{choices.overwrite} to replace them, or choose another output name.")
 
 
