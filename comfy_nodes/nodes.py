@@ -156,6 +156,12 @@ class LoadReward(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weights=None) -> bool | str:
+        from .reward_run import weights_problem
+
+        return (weights is not None and weights_problem(weights, _reward_dirs())) or True
+
+    @classmethod
     def execute(cls, reward, weights=files.AUTO_WEIGHTS, mix="") -> io.NodeOutput:
         from .reward_run import build_node_reward
 

@@ -14,7 +14,7 @@ import hostile_cases as H
 from test_hostile_inputs import BAD_FILES, STATE_CASES, WEIGHT_CASES, assert_unchanged, snapshot
 from reneg.a1111_extension import library, reward_setup, train_logic
 from reneg.comfy_nodes import embedding_run, train_modes
-from reneg.comfy_nodes.reward_run import build_node_reward
+from reneg.comfy_nodes.reward_run import build_node_reward, weights_problem
 from reneg.core.checkpoint import state_path
 from reneg.core.embedding_io import load_embedding, save_embedding
 from reneg.core.errors import RenegError, WriteError
@@ -62,10 +62,25 @@ def test_comfy_reward_node_gives_one_clear_message_for_broken_weights(tmp_path, 
     folder.mkdir(parents=True)
     (folder / name).write_bytes(data)
     before = snapshot(tmp_path)
-    with pytest.raises(RenegError) as err:
+    with pytest.raises(RenegError) as err:  # LoadReward.execute
         build_node_reward("tiny", name, "", [str(folder)])
     assert_one_clear_message(str(err.value), words)
+    problem = weights_problem(name, [str(folder)])  # LoadReward.validate_inputs: at queue time, nothing loaded
+    if name.endswith(".safetensors"):
+        assert problem is None  # a garbled safetensors header is only found by the loader (when the node runs)
+    else:
+        assert problem == str(err.value)
     assert_unchanged(tmp_path, before)
+
+
+def test_comfy_reward_node_refuses_evil_weights_at_queue_time_without_running_them(tmp_path):
+    folder = tmp_path / "models" / "reneg_rewards"
+    folder.mkdir(parents=True)
+    H.evil_torch_zip(folder)
+    assert_one_clear_message(weights_problem("evil_zip.pt", [str(folder)]) or "", "refused")
+    assert_one_clear_message(weights_problem("nope.pt", [str(folder)]) or "", "not found", "refresh")
+    assert weights_problem("auto", [str(folder)]) is None
+    assert not H.marker(folder).exists()
 
 
 def _cfg(**kw) -> TrainConfig:
