@@ -11,12 +11,13 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 
-from ..core.embedding_io import NegativeEmbedding, load_embedding
-from ..core.errors import RenegError
+from ..core.embedding_io import NegativeEmbedding, load_embedding, save_embedding
+from ..core.errors import OutputError, RenegError
+from ..core.file_check import embedding_problem
 
 SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 #: The pack's folder (repo root ``embeddings/``).
@@ -51,25 +52,10 @@ def list_embeddings(dirs: Iterable[str | os.PathLike]) -> "OrderedDict[str, Embe
     return found
 
 
-_validity: dict[tuple, Optional[str]] = {}
-
-
 def check_file(path: str | os.PathLike) -> Optional[str]:
     """None if ``path`` loads as a negative embedding, else the loader's own error message (cached per
     path, size and mtime, so re-scanning the folder only re-reads changed files)."""
-    p = Path(path)
-    try:
-        st = p.stat()
-    except OSError as exc:
-        return str(exc)
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _validity:
-        try:
-            load_embedding(p)
-            _validity[key] = None
-        except RenegError as exc:
-            _validity[key] = str(exc)
-    return _validity[key]
+    return embedding_problem(path)
 
 
 def scan_embeddings(dirs: Iterable[str | os.PathLike]
@@ -135,12 +121,21 @@ class EmbeddingCache:
     def load(self, path: str | os.PathLike) -> tuple[NegativeEmbedding, str]:
         """(embedding, short sha256) of ``path``."""
         p = Path(path)
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError:
+            load_embedding(p)  # raises the loader's clear error (missing, broken symlink, ...)
+            raise
         key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
-        item = (load_embedding(p), short_hash(p))
+        embedding = load_embedding(p)
+        try:
+            digest = short_hash(p)
+        except OSError as exc:
+            raise RenegError(f"{p}: cannot be read ({exc.strerror or exc}).") from exc
+        item = (embedding, digest)
         self._items[key] = item
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
@@ -170,11 +165,27 @@ class RefineCache:
         return len(self._items)
 
 
-def refined_filename(base_name: str, prompt: str, seed: int) -> str:
-    """``refined/<base>-<hash of prompt+seed>.safetensors`` (relative to the models folder)."""
-    digest = hashlib.sha256(f"{prompt}\n{seed}".encode("utf-8")).hexdigest()[:10]
+def refined_filename(base_name: str, prompt: str, seed: int, settings: Sequence = ()) -> str:
+    """``refined/<base>-<hash of prompt+seed(+settings)>.safetensors`` (relative to the models folder)."""
+    text = f"{prompt}\n{seed}" + (f"\n{tuple(settings)!r}" if settings else "")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(base_name).name)
     return f"{REFINED_SUBDIR}/{safe}-{digest}.safetensors"
+
+
+def save_refined(folder: str | os.PathLike, base_name: str, prompt: str, seed: int, tensor: torch.Tensor,
+                 settings: Sequence = (), **metadata) -> tuple[Path, bool]:
+    """Save a per-prompt refined embedding under ``<folder>/refined/``, atomically and never replacing a file:
+    ``(path, saved)``. The name digests prompt, seed and ``settings`` (model, embedding and refinement
+    settings), so a file already there holds this same refinement and is kept as it is."""
+    path = Path(folder) / refined_filename(base_name, prompt, seed, settings)
+    if os.path.lexists(path):
+        return path, False
+    try:
+        save_embedding(path, tensor, overwrite=False, **metadata)
+    except OutputError:  # saved meanwhile by another generation (or a folder of that name): keep it
+        return path, False
+    return path, True
 
 
 def stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:

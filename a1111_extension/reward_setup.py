@@ -55,6 +55,12 @@ def looks_loadable(path: Path) -> Optional[str]:
         if not any((path / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
             return f"{path} has no model.safetensors or pytorch_model.bin"
         return None
+    from ..core.rewards.weights import check_weights_file
+
+    try:
+        check_weights_file(path)  # empty, a web page, a Git-LFS pointer, random bytes, a pickle running code
+    except RenegError as exc:
+        return str(exc)
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)

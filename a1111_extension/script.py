@@ -10,13 +10,13 @@ import gradio as gr
 from modules import scripts, shared
 from modules.ui_components import InputAccordion, ToolButton
 
-from ..core.embedding_io import check_compatible, save_embedding
+from ..core.embedding_io import check_compatible
 from ..core.errors import RenegError
 from . import library, reward_setup, runtime, settings
 from .model_adapter import model_context_dim
-from .script_logic import (KEY_NOT_APPLIED, KEY_REFINE_SKIPPED, OVERRIDES_ATTR, ScriptArgs, apply_overrides,
-                           args_from_infotext, infotext_params, refine_batch, refine_key, refine_params,
-                           summarize_refinement)
+from .script_logic import (KEY_NOT_APPLIED, KEY_REFINE_SKIPPED, KEY_REFINED_NOT_SAVED, OVERRIDES_ATTR, ScriptArgs,
+                           apply_overrides, args_from_infotext, infotext_params, refine_batch, refine_key,
+                           refine_params, summarize_refinement)
 from .uncond import UncondPlan, attach, PLAN_ATTR
 
 _embeddings = library.EmbeddingCache()
@@ -151,10 +151,11 @@ class RenegScript(scripts.Script):
         if plan is None or state is None or not state[0].refine:
             return
         a, found, file_hash = state
-        base = _embeddings.load(found.path)[0].tensor
         prompts = list(kwargs.get("prompts") or p.prompts)
         seeds = list(kwargs.get("seeds") or p.seeds)
         try:
+            with runtime.torch_load_unpatched():  # the file may have changed on disk since process()
+                base = _embeddings.load(found.path)[0].tensor
             backend = runtime.current_backend()
             with runtime.torch_load_unpatched():
                 reward = runtime.load_reward(a.reward, backend.device)
@@ -173,7 +174,7 @@ class RenegScript(scripts.Script):
                 if hit is None:  # interrupted: keep the unrefined embedding, do not cache
                     return base
                 _refined.put(key, hit)
-                self._maybe_save(hit, found.name, prompt, seed, a, backend)
+                self._maybe_save(p, hit, found.name, prompt, seed, a, backend, key)
             results.append(hit)
             return hit.best.detach().cpu().float()
 
@@ -211,12 +212,17 @@ class RenegScript(scripts.Script):
         return result
 
     @staticmethod
-    def _maybe_save(result, base_name, prompt, seed, a: ScriptArgs, backend) -> None:
+    def _maybe_save(p, result, base_name, prompt, seed, a: ScriptArgs, backend, key: tuple) -> None:
+        """Keep the refined embedding when Settings → ReNeg asks for it; a file of this refinement is never
+        replaced, and a failed save (full disk, ...) is reported without losing the image."""
         if not settings.opt("reneg_save_refined"):
             return
-        path = settings.reneg_dir() / library.refined_filename(base_name, prompt, seed)
-        save_embedding(path, result.best.detach().cpu().float(), overwrite=True, base_model=backend.name,
-                       reward=a.reward, prompt=prompt, seed=str(seed), refined_from=base_name, steps=result.best_step)
+        try:
+            library.save_refined(settings.reneg_dir(), base_name, prompt, seed, result.best.detach().cpu().float(),
+                                 key, base_model=backend.name, reward=a.reward, prompt=prompt, seed=str(seed),
+                                 refined_from=base_name, steps=result.best_step)
+        except RenegError as exc:
+            _report(p, KEY_REFINED_NOT_SAVED, str(exc))
 
     def postprocess(self, p, processed, *args):
         attach(p, None)

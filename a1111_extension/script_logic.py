@@ -39,6 +39,8 @@ KEY_REFINED = "ReNeg refined"
 #: the infotext and in the API's ``info["extra_generation_params"]``. Paste ignores them.
 KEY_NOT_APPLIED = "ReNeg not applied"
 KEY_REFINE_SKIPPED = "ReNeg refine skipped"
+#: Present when saving a refined embedding (Settings → ReNeg) failed; the image was still made with it.
+KEY_REFINED_NOT_SAVED = "ReNeg refined not saved"
 #: Attribute of ``p`` the X/Y/Z plot axes set: ``{"embedding": name | NO_EMBEDDING, "strength": float}``.
 OVERRIDES_ATTR = "reneg_xyz_overrides"
 NO_EMBEDDING = "(none)"

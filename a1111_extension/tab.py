@@ -14,11 +14,10 @@ from modules.call_queue import wrap_gradio_gpu_call
 from modules.ui_common import create_refresh_button
 from modules.ui_components import ToolButton
 
-from ..core.embedding_io import check_compatible
 from ..core.errors import RenegError
 from ..core.train import TrainConfig
 from . import library, reward_setup, runtime, settings
-from .train_logic import TrainHooks, output_path, parse_prompts, run_training
+from .train_logic import TrainHooks, load_start, parse_prompts, prepare_output, run_training
 
 START_FROM_EMPTY = "(empty prompt)"
 
@@ -77,7 +76,8 @@ def _checked_train(prompts_text, prompts_file, name, start_from, resume, overwri
                    preview_every, save_every, preview_prompt):
     prompts = parse_prompts(prompts_text, prompts_file)
     runtime.check_reward(reward_spec)
-    out = output_path(settings.reneg_dir(), name, forbidden=[getattr(shared.cmd_opts, "embeddings_dir", "")])
+    out = prepare_output(settings.reneg_dir(), name, resume=bool(resume), overwrite=bool(overwrite),
+                         forbidden=[getattr(shared.cmd_opts, "embeddings_dir", "")])
     config = TrainConfig(
         steps=int(steps), batch_size=int(batch_size), micro_batch=int(micro_batch), lr=float(lr),
         num_inference_steps=int(inference_steps), guidance_scale=float(guidance_scale), height=int(height),
@@ -93,11 +93,7 @@ def _checked_train(prompts_text, prompts_file, name, start_from, resume, overwri
 
 def _train(prompts, out, config, start_from, resume, overwrite, reward_spec):
     backend = runtime.current_backend()
-    init = None
-    if start_from and start_from != START_FROM_EMPTY:
-        found = library.resolve(start_from, settings.embedding_dirs())
-        init = library.EmbeddingCache().load(found.path)[0].tensor
-        check_compatible(init, backend.context_dim, where="loaded checkpoint")
+    init = load_start(start_from, settings.embedding_dirs(), backend.context_dim, START_FROM_EMPTY)
     reward = runtime.load_reward(reward_spec, backend.device)
 
     def set_step(step, total):

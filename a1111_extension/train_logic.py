@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..core.errors import RenegError
+from ..core.outputs import RunChoices
 from ..core.images import to_pil_images as tensor_to_pil
 from ..core.prompts import load_prompts
 
@@ -46,6 +47,36 @@ def output_path(folder: str | Path, name: str, forbidden: Sequence[str | Path] =
             raise RenegError(f"{folder} is the webui's textual-inversion embeddings folder; ReNeg files there would "
                              "load as 77-vector textual inversions. Set another ReNeg folder in Settings → ReNeg.")
     return folder / f"{name}.safetensors"
+
+
+#: The tab's words for continuing or starting over a run (its two check boxes).
+TAB_CHOICES = RunChoices(resume="tick 'Resume from <name>.safetensors.state'",
+                         overwrite="tick 'Overwrite an existing run'", no_resume="untick 'Resume'")
+
+
+def prepare_output(folder: str | Path, name: str, *, resume: bool, overwrite: bool,
+                   forbidden: Sequence[str | Path] = ()) -> Path:
+    """The output of a tab run, checked before any model or reward is touched: its name, and an earlier
+    run's files (embedding, state, log, curve) are only replaced with 'Overwrite' or continued with 'Resume'."""
+    from ..core.train_outputs import check_output
+
+    out = output_path(folder, name, forbidden)
+    if resume and overwrite:
+        raise RenegError("Tick either 'Resume' (continue the saved run) or 'Overwrite' (start over), not both.")
+    check_output(out, resume, overwrite, choices=TAB_CHOICES)
+    return out
+
+
+def load_start(choice: str, dirs: Sequence[str | Path], context_dim: int, empty: str) -> Optional[torch.Tensor]:
+    """The 'Start from' embedding (None for ``empty``, the empty prompt), checked against the loaded model."""
+    from ..core.embedding_io import check_compatible
+    from .library import EmbeddingCache, resolve
+
+    if not choice or choice == empty:
+        return None
+    tensor = EmbeddingCache().load(resolve(choice, dirs).path)[0].tensor
+    check_compatible(tensor, context_dim, where="loaded checkpoint")
+    return tensor
 
 
 def curve_image(rewards: Sequence[float], title: str = "ReNeg training reward", size=(640, 360)):
@@ -140,7 +171,7 @@ def run_training(backend, reward, prompts: Sequence[str], config, out: Path, *, 
     result = train_global(backend, reward, prompts, config, TrainCallbacks(progress=progress,
                                                                            should_stop=hooks.should_stop),
                           init_negative=init_negative, out=out, resume=resume, overwrite=overwrite,
-                          metadata=metadata)
+                          metadata=metadata, choices=TAB_CHOICES)
     images = []
     if config.preview_every:
         images = [before, preview_images(result.negative)]

@@ -16,13 +16,12 @@ from typing_extensions import override
 import folder_paths
 from comfy_api.latest import ComfyExtension, io, ui
 
-from ..core.embedding_io import check_compatible, load_embedding, save_embedding
-from ..core.errors import IncompatibleEmbeddingError, RenegError
+from ..core.errors import RenegError
 from ..core.released import PACK_EMBEDDINGS_DIR, download_released, released_embeddings
 from ..core.rewards import REWARD_NAMES
 from ..core.rewards.weights import REWARDS_DIR_ENV
 from ..core.train import TrainConfig
-from . import files, train_modes
+from . import embedding_run, files, train_modes
 from .conditioning import apply_strength, pack, single_tensor
 from .model_adapter import encode_text
 
@@ -107,7 +106,11 @@ class LoadEmbedding(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, embedding=None) -> bool | str:
         # a linked (computed) name is not known at queue time: execute() checks it then
-        return (embedding is not None and unknown_embedding_message(embedding)) or True
+        if embedding is None:
+            return True
+        problem = unknown_embedding_message(embedding) or embedding_run.file_problem(
+            folder_paths.get_full_path(files.EMBEDDING_FOLDER, embedding))  # a broken file: its one clear reason
+        return problem or True
 
     @classmethod
     def fingerprint_inputs(cls, embedding, strength=1.0, clip=None):
@@ -121,16 +124,10 @@ class LoadEmbedding(io.ComfyNode):
     def execute(cls, embedding, clip, strength=1.0) -> io.NodeOutput:
         if clip is None:
             raise RenegError("Load ReNeg Embedding needs the CLIP input: connect the checkpoint's CLIP.")
-        emb = load_embedding(resolve_embedding(embedding))
+        path = resolve_embedding(embedding)
         null, pooled = encode_text(clip, "")
-        width = int(null.shape[-1])
-        try:
-            check_compatible(emb.tensor, width, where="connected CLIP")
-        except IncompatibleEmbeddingError as exc:
-            fits = files.released_for_width(_released_usable(), width)
-            hint = f" Released files for this model: {', '.join(fits)}." if fits else ""
-            raise IncompatibleEmbeddingError(f"{embedding}: {exc}{hint}") from None
-        tensor = apply_strength(emb.tensor, null, strength)
+        tensor = embedding_run.load_for_clip(path, embedding, int(null.shape[-1]), _released_usable())
+        tensor = apply_strength(tensor, null, strength)
         return io.NodeOutput(pack(tensor, pooled))
 
 
@@ -157,6 +154,12 @@ class LoadReward(io.ComfyNode):
             ],
             outputs=[Reward.Output(display_name="reward")],
         )
+
+    @classmethod
+    def validate_inputs(cls, weights=None) -> bool | str:
+        from .reward_run import weights_problem
+
+        return (weights is not None and weights_problem(weights, _reward_dirs())) or True
 
     @classmethod
     def execute(cls, reward, weights=files.AUTO_WEIGHTS, mix="") -> io.NodeOutput:
@@ -361,8 +364,8 @@ class SaveEmbedding(io.ComfyNode):
     @classmethod
     def execute(cls, conditioning, filename_prefix, note="") -> io.NodeOutput:
         tensor = single_tensor(conditioning, "Save ReNeg Embedding")
-        path = files.next_free_path(_embedding_dirs()[0], filename_prefix)
-        save_embedding(path, tensor, created_by="reneg-comfyui", note=note)
+        path = embedding_run.save_new(_embedding_dirs()[0], filename_prefix, tensor, created_by="reneg-comfyui",
+                                      note=note)
         log.info("ReNeg: saved %s", path)
         return io.NodeOutput(ui=ui.PreviewText(str(path)))
 

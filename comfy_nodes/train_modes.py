@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 
 from ..core.checkpoint import load_state, state_path
 from ..core.errors import RenegError
+from ..core.outputs import RunChoices
 from ..core.train import TrainConfig, prompts_digest
+from ..core.train_outputs import existing_run_files
 from .files import check_relative_name, with_suffix
 
 CONTINUE, RESTART, NEW_NAME = "continue", "restart", "new name"
@@ -35,12 +37,19 @@ class TrainPlan:
         return f"{'restarted' if self.overwrite else 'trained'} {self.out.name} ({total} steps)"
 
 
+#: The node's words for continuing or starting over a run (its ``if_exists`` input).
+NODE_CHOICES = RunChoices(resume=f"set if_exists to '{CONTINUE}'", overwrite=f"set if_exists to '{RESTART}'",
+                          no_resume="queue the graph again")
+
+
 def _taken(out: Path) -> bool:
-    return out.exists() or state_path(out).exists()
+    """Any file of a run of ``out`` exists (embedding, state, log, curve, previews)."""
+    return bool(existing_run_files(out))
 
 
 def plan_run(directory: str | os.PathLike, save_name: str, if_exists: str, config: TrainConfig,
-             prompts: Sequence[str], read_state: Callable[[Path], dict] = load_state) -> TrainPlan:
+             prompts: Sequence[str],
+             read_state: Callable[[Path], dict] = lambda p: load_state(p, NODE_CHOICES)) -> TrainPlan:
     """Decide where the run goes and whether it resumes. Every refusal happens here, before a model loads, and
     names the ``if_exists`` choice that gets the user what they want."""
     if if_exists not in IF_EXISTS:
@@ -61,14 +70,22 @@ def plan_run(directory: str | os.PathLike, save_name: str, if_exists: str, confi
         raise RenegError(f"No free name left for {stem}_NNNNN: choose another save_name.")
     other_choices = "set if_exists to 'restart' to replace it, or 'new name' to keep it and train a new one"
     if not state.is_file():
-        raise RenegError(f"{out.name} exists but has no training state ({state.name}) to continue: "
-                         f"{other_choices}.")
+        found = ", ".join(existing_run_files(out))
+        raise RenegError(f"{out.name} has files of an earlier run ({found}) but no training state ({state.name}) "
+                         f"to continue: {other_choices}.")
     saved = read_state(state)
     done = int(saved["step"])
     if config.steps < done:
         raise RenegError(f"{out.name} already has {done} training steps; 'continue' needs steps >= {done} "
                          f"(got {config.steps}). Raise steps to train further, or {other_choices}.")
-    mine, theirs = config.recipe(), json.loads(saved["recipe"])
+    try:
+        theirs = json.loads(saved["recipe"])
+        if not isinstance(theirs, dict):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise RenegError(f"{state.name}: its saved settings are unreadable, so it cannot be continued: "
+                         f"{other_choices}.") from None
+    mine = config.recipe()
     changed = sorted(k for k in set(mine) | set(theirs) if k != "steps" and mine.get(k) != theirs.get(k))
     if changed:
         details = ", ".join(f"{k} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in changed)

@@ -11,7 +11,7 @@ from ..core.train import TrainCallbacks, TrainConfig, TrainResult, train_global
 from ..core.training_log import log_paths
 from .model_adapter import prepared
 from .progress import Reporter, comfy_reporter
-from .train_modes import TrainPlan
+from .train_modes import NODE_CHOICES, TrainPlan
 
 
 def model_title(model) -> str:
@@ -35,7 +35,7 @@ def train_embedding(model, clip, vae, reward, prompts: Sequence[str], plan: Trai
         result = train_global(backend, reward, list(prompts), config,
                               TrainCallbacks(progress=progress, should_stop=reporter.should_stop),
                               out=plan.out, resume=plan.resume, overwrite=plan.overwrite, extend=plan.resume,
-                              metadata={"created_by": "reneg-comfyui"})
+                              metadata={"created_by": "reneg-comfyui"}, choices=NODE_CHOICES)
     reporter.raise_if_interrupted()  # the partial embedding and state are on disk by now
     return result
 

@@ -9,6 +9,7 @@ import torch
 
 from .embedding_io import atomic_write
 from .errors import RenegError
+from .outputs import CLI_CHOICES, RunChoices, sentence
 
 STATE_FORMAT = "reneg-train-state"
 STATE_VERSION = 1
@@ -31,20 +32,20 @@ REQUIRED = {"step": int, "skipped": int, "log": list, "negative": torch.Tensor, 
 MAX_STATE_BYTES = 1 << 30
 
 
-def _unreadable(p: Path, why: str) -> RenegError:
-    return RenegError(f"{p}: unreadable training state ({why}). It cannot be resumed: delete it (or pass "
-                      "--overwrite) and start again without --resume.")
-
-
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Read and check ``<out>.state``; every problem (missing, empty, truncated, foreign, old) is one error."""
+def load_state(path: str | Path, choices: RunChoices = CLI_CHOICES) -> dict[str, Any]:
+    """Read and check ``<out>.state``; every problem (missing, empty, truncated, foreign, old) is one error
+    (``choices``: the host's words for starting over)."""
     from .embedding_io import clean_cause
+
+    def _unreadable(p: Path, why: str) -> RenegError:
+        return RenegError(f"{p}: unreadable training state ({why}); it cannot be resumed. To start again, "
+                          f"{choices.overwrite}, or delete it and {choices.no_resume}.")
 
     p = Path(path)
     if p.is_dir():
-        raise RenegError(f"{p} is a folder, not a training state; remove it and start without --resume.")
+        raise RenegError(f"{p} is a folder, not a training state; remove it and {choices.no_resume}.")
     if not p.is_file():
-        raise RenegError(f"No training state at {p}; nothing to resume. Start without --resume.")
+        raise RenegError(f"No training state at {p}; nothing to resume. {sentence(choices.no_resume)}.")
     size = p.stat().st_size
     if size == 0:
         raise _unreadable(p, "the file is empty (0 bytes), e.g. the disk was full when it was saved")
@@ -55,7 +56,8 @@ def load_state(path: str | Path) -> dict[str, Any]:
     except Exception as exc:
         raise _unreadable(p, clean_cause(exc)) from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise RenegError(f"{p}: not a ReNeg training state; delete it or choose another output.")
+        raise RenegError(f"{p}: not a ReNeg training state; delete it (or {choices.overwrite}) or choose another "
+                         "output.")
     if state.get("version") != STATE_VERSION:
         raise RenegError(f"{p}: training state version {state.get('version')!r} is not supported "
                          f"(expected {STATE_VERSION}).")

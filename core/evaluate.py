@@ -13,6 +13,7 @@ reports the gap per metric (``protocol_gaps`` in results.json).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -26,7 +27,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 
 from .embedding_io import atomic_write, check_compatible, load_embedding
-from .errors import RenegError
+from .errors import NonFiniteError, RenegError
+from .finite_scores import check_finite_scores
 from .images import save_png, to_pil_images
 from .model_boundary import DiffusionBackend, encode_fp32
 from .prompts import PromptItem
@@ -284,43 +286,61 @@ def evaluate_negatives(backend: DiffusionBackend, negatives: Mapping[str, torch.
     out = Path(out_dir) if out_dir is not None else None
     grid: dict[tuple[int, str], torch.Tensor] = {}
     grid_rows = list(range(min(config.grid_prompts, len(items))))
-    for start in range(0, len(pairs), max(1, config.batch_size)):
-        if should_stop is not None and should_stop():
-            result.stopped = True
-            break
-        chunk = pairs[start:start + config.batch_size]
-        prompts = [items[i].text for i, _ in chunk]
-        cond = backend.encode_prompts(prompts)
-        latents = batch_latents(backend, [s for _, s in chunk], config.height, config.width)
-        for label, negative in negatives.items():
-            if isinstance(negative, PerSampleNegative):
-                from .refine import RefineConfig, refine_batch
-
-                rcfg = RefineConfig(max_steps=negative.max_steps, patience=negative.patience, lr=negative.lr,
-                                    num_inference_steps=config.num_inference_steps,
-                                    guidance_scale=config.guidance_scale, height=config.height,
-                                    width=config.width, mixed_precision=config.mixed_precision)
-                refined = refine_batch(backend, negative.reward, prompts, negative.init, [s for _, s in chunk],
-                                       rcfg, conds=cond)
-                images = torch.cat([r.image for r in refined]).to(backend.device)
-            else:
-                images = render(backend, cond, negative.to(backend.device), latents, config.num_inference_steps,
-                                config.guidance_scale, config.mixed_precision)
-            with torch.no_grad():
-                scores = {m: reward.score(images, prompts).float().cpu() for m, reward in metrics.items()}
-            for b, (i, seed) in enumerate(chunk):
-                result.rows.append({"prompt_id": i, "group": items[i].group, "prompt": items[i].text, "seed": seed,
-                                    "negative": label, **{m: float(scores[m][b]) for m in metrics}})
-                if i in grid_rows and seed == config.seed + i * ipp:
-                    grid[(i, label)] = _thumb(images[b], config.grid_thumb)
-                if out is not None and config.save_images:
-                    save_png(images[b], out / "images" / _safe(label) / f"{i:05d}_{seed}.png")
-        if callback is not None:
-            callback(min(start + len(chunk), len(pairs)), len(pairs))
+    created: list[Path] = []  #: images this run added (removed again if it fails on a NaN score)
+    out_existed = out is not None and out.exists()
+    kept = "no results were written" + (" and this run's images were removed" if out and config.save_images else "")
+    try:
+        for start in range(0, len(pairs), max(1, config.batch_size)):
+            if should_stop is not None and should_stop():
+                result.stopped = True
+                break
+            chunk = pairs[start:start + config.batch_size]
+            prompts, seeds = [items[i].text for i, _ in chunk], [s for _, s in chunk]
+            cond = backend.encode_prompts(prompts)
+            latents = batch_latents(backend, seeds, config.height, config.width)
+            for label, negative in negatives.items():
+                images = _images(backend, negative, prompts, seeds, cond, latents, config)
+                with torch.no_grad():
+                    scores = {m: reward.score(images, prompts).float().cpu() for m, reward in metrics.items()}
+                check_finite_scores(images, scores, prompts, seeds, label, kept)
+                for b, (i, seed) in enumerate(chunk):
+                    result.rows.append({"prompt_id": i, "group": items[i].group, "prompt": items[i].text,
+                                        "seed": seed, "negative": label, **{m: float(scores[m][b]) for m in metrics}})
+                    if i in grid_rows and seed == config.seed + i * ipp:
+                        grid[(i, label)] = _thumb(images[b], config.grid_thumb)
+                    if out is not None and config.save_images:
+                        path = out / "images" / _safe(label) / f"{i:05d}_{seed}.png"
+                        created += [] if path.exists() else [path]
+                        save_png(images[b], path)
+            if callback is not None:
+                callback(min(start + len(chunk), len(pairs)), len(pairs))
+    except NonFiniteError:
+        for path in created:
+            path.unlink(missing_ok=True)
+        made = [out / "images"] + ([] if out_existed else [out])
+        for folder in sorted({p.parent for p in created}) + (made if created else []):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: another run's images stay
+        raise
     summarise(result)
     if out is not None:
         write_outputs(result, out, config, grid, items, info)
     return result
+
+
+def _images(backend: DiffusionBackend, negative, prompts: Sequence[str], seeds: Sequence[int], cond: torch.Tensor,
+            latents: torch.Tensor, config: EvalConfig) -> torch.Tensor:
+    """The images of one batch with one negative (a fixed tensor, or refined per prompt and seed)."""
+    if not isinstance(negative, PerSampleNegative):
+        return render(backend, cond, negative.to(backend.device), latents, config.num_inference_steps,
+                      config.guidance_scale, config.mixed_precision)
+    from .refine import RefineConfig, refine_batch
+
+    rcfg = RefineConfig(max_steps=negative.max_steps, patience=negative.patience, lr=negative.lr,
+                        num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                        height=config.height, width=config.width, mixed_precision=config.mixed_precision)
+    refined = refine_batch(backend, negative.reward, prompts, negative.init, list(seeds), rcfg, conds=cond)
+    return torch.cat([r.image for r in refined]).to(backend.device)
 
 
 # ---------------------------------------------------------------------------------------------- outputs

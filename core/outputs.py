@@ -17,6 +17,7 @@ import shutil
 import socket
 import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -24,6 +25,24 @@ from .errors import OutputBusyError, OutputError, RenegError, WriteError
 
 #: The one flag name of every CLI command that may replace existing outputs.
 OVERWRITE_FLAG = "--overwrite"
+
+
+@dataclass(frozen=True)
+class RunChoices:
+    """How a host tells the user to continue or to start over a long run (phrases completing "..., or X to
+    ..."): the CLI's flags by default; ComfyUI's ``if_exists`` and the A1111 tab's check boxes have their own."""
+
+    resume: str = "pass --resume"
+    overwrite: str = f"pass {OVERWRITE_FLAG}"
+    no_resume: str = "start without --resume"
+
+
+CLI_CHOICES = RunChoices()
+
+
+def sentence(phrase: str) -> str:
+    """``phrase`` with a capital first letter (to start a sentence)."""
+    return phrase[:1].upper() + phrase[1:]
 PathLike = str | os.PathLike
 
 _UMASK = os.umask(0)

@@ -26,6 +26,7 @@ import torch
 
 from .embedding_io import atomic_write, check_compatible, save_embedding
 from .errors import RenegError
+from .finite_scores import check_finite_scores
 from .evaluate import ALL, EvalConfig, EvalResult, _thumb, summarise, write_outputs
 from .images import save_png
 from .model_boundary import DiffusionBackend, encode_fp32
@@ -102,6 +103,8 @@ def _read_done(path: Path) -> dict[tuple[str, int], dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if any(isinstance(v, float) and not math.isfinite(v) for v in row.values()):
+            continue  # a non-finite score logged by an older version: score that image again
         done[(row["negative"], int(row["prompt_id"]))] = row
     return done
 
@@ -185,6 +188,17 @@ def reproduce(backend: DiffusionBackend, reward: Reward, metrics: Mapping[str, R
                 if label == PER_SAMPLE:
                     res = refine_batch(backend, reward, prompts, negatives[GLOBAL], seeds, refine_cfg)
                     images = torch.cat([r.image for r in res]).float()
+                else:
+                    cond = backend.encode_prompts(prompts)
+                    latents = batch_latents(backend, seeds, c.height, c.width)
+                    images = render(backend, cond, negatives[label].to(backend.device), latents,
+                                    c.num_inference_steps, c.guidance_scale, c.mixed_precision).cpu()
+                with torch.no_grad():
+                    scores = {m: r.score(images.to(backend.device), prompts).float().cpu() for m, r in metrics.items()}
+                check_finite_scores(images, scores, prompts, seeds, label,
+                                    f"nothing of this batch was written (the {len(done)} rows scored before it are "
+                                    "kept, and a rerun continues after them)")
+                if label == PER_SAMPLE:
                     for j, (i, r) in enumerate(zip(chunk, res)):
                         save_embedding(bdir / "refined" / f"{i:05d}.safetensors", r.best, overwrite=True,  # redone after a kill
                                        base_model=backend.name,
@@ -193,13 +207,6 @@ def reproduce(backend: DiffusionBackend, reward: Reward, metrics: Mapping[str, R
                                        best_reward=f"{r.best_reward:.6g}", steps=r.best_step)
                         extra[j] = {"refine_start": r.start_reward, "refine_best": r.best_reward,
                                     "refine_best_step": r.best_step, "refine_iterates": len(r.trace)}
-                else:
-                    cond = backend.encode_prompts(prompts)
-                    latents = batch_latents(backend, seeds, c.height, c.width)
-                    images = render(backend, cond, negatives[label].to(backend.device), latents,
-                                    c.num_inference_steps, c.guidance_scale, c.mixed_precision).cpu()
-                with torch.no_grad():
-                    scores = {m: r.score(images.to(backend.device), prompts).float().cpu() for m, r in metrics.items()}
                 rows = []
                 for j, i in enumerate(chunk):
                     save_png(images[j], bdir / "images" / label / f"{i:05d}.png")

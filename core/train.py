@@ -31,10 +31,11 @@ from .distributed import DistContext
 from .embedding_io import check_compatible, save_embedding
 from .errors import NothingLearnedError, RenegError
 from .model_boundary import DiffusionBackend, encode_fp32
-from .outputs import OutputLock
+from .outputs import CLI_CHOICES, OutputLock, RunChoices
 from .objective import draw_step_index, reneg_objective
 from .rewards.base import Reward
 from .training_log import log_paths, plot_rewards, write_csv
+from .train_outputs import check_output, clear_previews, train_outputs  # noqa: F401  (train_outputs: API)
 
 MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Config fields that do not change the optimisation (may differ between a run and its resumption).
@@ -271,7 +272,8 @@ class _Trainer:
         return {"reward": str(self.meta.get("reward", "")), "model": model_identity(self.backend.name),
                 "context_dim": int(self.backend.context_dim)}
 
-    def load_state_dict(self, state: dict, where: str, extend: bool = False) -> None:
+    def load_state_dict(self, state: dict, where: str, extend: bool = False,
+                        choices: RunChoices = CLI_CHOICES) -> None:
         saved_id = state.get("identity") or {  # states written before the identity was recorded
             "reward": str(state.get("meta", {}).get("reward", "")),
             "model": model_identity(str(state.get("meta", {}).get("base_model", "")))}
@@ -280,8 +282,8 @@ class _Trainer:
         if id_diff:
             details = ", ".join(f"{k}: saved {saved_id[k]!r} vs now {now_id[k]!r}" for k in id_diff)
             raise RenegError(f"{where}: cannot resume with a different {' and '.join(id_diff)} ({details}); that "
-                             "would mix two objectives in one embedding. Resume with the same --model/--reward, "
-                             "or start over (--overwrite) / choose another output.")
+                             "would mix two objectives in one embedding. Resume with the same model and reward, "
+                             f"or {choices.overwrite} to start over, or choose another output.")
         try:
             theirs = json.loads(state["recipe"])
         except (TypeError, ValueError) as exc:
@@ -312,7 +314,7 @@ class _Trainer:
             self.generator.set_state(state["generator"])
         except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
             raise RenegError(f"{where}: the optimizer/RNG part of the state is damaged ({type(exc).__name__}); "
-                             "delete it and start over (--overwrite).") from exc
+                             f"delete it, or {choices.overwrite} to start over.") from exc
         if "anchor" in state:
             self.anchor = state["anchor"].to(self.device, torch.float32)
         self.step, self.skipped, self.log = int(state["step"]), int(state["skipped"]), list(state["log"])
@@ -451,42 +453,11 @@ def model_identity(name: str) -> str:
     return str(p.resolve()) if p is not None and p.exists() else name
 
 
-def train_outputs(out: str | Path) -> list[Path]:
-    """Every file a training run writes for ``out``: the embedding, its state, the CSV log and the curve."""
-    out = Path(out).expanduser()
-    return [out, state_path(out), *log_paths(out)]
-
-
-def check_output(out: str | Path, resume: bool = False, overwrite: bool = False,
-                 inputs: Sequence[Optional[str | Path]] = ()) -> None:
-    """The output-path errors of :func:`train_global` (hosts call it before loading models, to fail fast):
-    wrong extension or kind, an input among the outputs, an earlier run's files without resume/overwrite,
-    resume without a state, an unwritable folder."""
-    from .outputs import check_output_file
-
-    out_path = Path(out).expanduser()
-    if out_path.suffix.lower() != ".safetensors":
-        raise RenegError(f"{out_path}: the output embedding must be a .safetensors file.")
-    spath = state_path(out_path)
-    for path in train_outputs(out_path):  # kinds, inputs, writability; existence is decided below
-        check_output_file(path, overwrite=True, inputs=inputs, what="training output")
-    if resume and not spath.is_file():
-        raise RenegError(f"No training state at {spath}; nothing to resume. Start without --resume.")
-    if not resume and not overwrite:
-        existing = [p.name for p in train_outputs(out_path) if os.path.lexists(p)]
-        if spath.exists():
-            raise RenegError(f"{spath} exists (a previous run of {out_path.name}). Resume it (--resume), or "
-                             "delete it / pass --overwrite to start over.")
-        if existing:
-            raise RenegError(f"{', '.join(existing)} already exist in {out_path.parent}; pass --overwrite to "
-                             "replace them, or choose another output name.")
-
-
 def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[str], config: TrainConfig,
                  callbacks: Optional[TrainCallbacks] = None, *, init_negative: Optional[torch.Tensor] = None,
                  out: Optional[str | Path] = None, resume: bool = False, overwrite: bool = False,
                  dist: Optional[DistContext] = None, metadata: Optional[dict] = None,
-                 extend: bool = False) -> TrainResult:
+                 extend: bool = False, choices: RunChoices = CLI_CHOICES) -> TrainResult:
     """Train one negative embedding for ``prompts``; see the module docstring.
 
     ``init_negative``: ``[1,T,D]`` start (default: the null-text embedding ``encode_prompts([""])``).
@@ -497,6 +468,9 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
     ``resume``): ``config.steps`` may differ from the saved run's (at least the steps done); the run continues
     to the new total with the learning-rate schedule re-planned over it.
     ``dist``: process context of a launched multi-process run (:func:`.distributed.init_distributed`).
+    An earlier run's files (:func:`.train_outputs.check_output`) are refused unless ``resume`` or ``overwrite``;
+    a run that starts over removes the earlier run's preview images. ``choices``: the host's words for
+    resume/overwrite in those messages.
     """
     prompts = [p for p in prompts]
     if not prompts:
@@ -507,25 +481,27 @@ def train_global(backend: DiffusionBackend, reward: Reward, prompts: Sequence[st
     if out_path is None and (config.save_every or resume):
         raise RenegError("Checkpoints (save_every/resume) need an output path.")
     if out_path is not None:
-        check_output(out_path, resume, overwrite)
+        check_output(out_path, resume, overwrite, choices=choices)
     lock = OutputLock(out_path) if out_path is not None and dist.is_main else None
     if lock is not None:
         lock.acquire()
         try:
-            check_output(out_path, resume, overwrite)  # again under the lock: another run may have just finished
+            check_output(out_path, resume, overwrite, choices=choices)  # again under the lock: another run may
+            if overwrite and not resume:                                 # have just finished
+                clear_previews(out_path)  # starting over: no earlier run's previews among this run's
         except BaseException:
             lock.release()
             raise
     try:
         return _train_locked(backend, reward, prompts, config, callbacks, init_negative, out_path, resume, dist,
-                             metadata, extend)
+                             metadata, extend, choices)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train_locked(backend, reward, prompts, config, callbacks, init_negative, out_path, resume, dist,
-                  metadata, extend) -> TrainResult:
+                  metadata, extend, choices) -> TrainResult:
     meta = {"base_model": backend.name, "reward": getattr(reward, "name", type(reward).__name__),
             "processes": str(dist.world_size), "weight_decay": str(config.weight_decay),
             "weight_decay_target": config.weight_decay_target, "t_sampling": config.t_sampling, **{k: str(v) for k, v in (metadata or {}).items()}}
@@ -534,7 +510,7 @@ def _train_locked(backend, reward, prompts, config, callbacks, init_negative, ou
     if out_path is not None:
         spath = state_path(out_path)
         if resume:
-            trainer.load_state_dict(load_state(spath), str(spath), extend=extend)
+            trainer.load_state_dict(load_state(spath, choices), str(spath), extend=extend, choices=choices)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(backend)
     result = trainer.run()

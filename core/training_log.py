@@ -12,11 +12,25 @@ from .embedding_io import atomic_write
 COLUMNS = ("step", "reward_mean", "reward_std", "lr", "step_index", "grad_norm", "skipped", "seconds")
 
 
+def _stem(out: Path) -> str:
+    return out.name[: -len(out.suffix)] if out.suffix else out.name
+
+
 def log_paths(out: str | Path) -> tuple[Path, Path]:
     """(CSV, PNG) paths next to an output embedding ``x.safetensors``: ``x.log.csv``, ``x.rewards.png``."""
     out = Path(out)
-    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
-    return out.with_name(f"{stem}.log.csv"), out.with_name(f"{stem}.rewards.png")
+    return out.with_name(f"{_stem(out)}.log.csv"), out.with_name(f"{_stem(out)}.rewards.png")
+
+
+def preview_dir(out: str | Path) -> Path:
+    """The folder of a run's preview images next to ``x.safetensors``: ``x.previews/``."""
+    out = Path(out)
+    return out.with_name(f"{_stem(out)}.previews")
+
+
+def preview_path(out: str | Path, step: int) -> Path:
+    """The preview image of optimizer step ``step``: ``x.previews/step_NNNNNN.png``."""
+    return preview_dir(out) / f"step_{int(step):06d}.png"
 
 
 def write_csv(rows: Iterable[dict], path: str | Path) -> Path:

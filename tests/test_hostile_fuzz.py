@@ -4,7 +4,8 @@ Seeds: the released embeddings (when ``../shared/fixtures/released`` exists), ou
 legacy-format torch file and a ``.state`` checkpoint. Each input is a seeded mutation (bit flips, byte runs,
 truncation, insertion, splicing, zip-header and safetensors-header edits). For every input the loader must
 either return a valid result or raise one :class:`RenegError` — never another exception, never run code,
-never use unbounded memory. ``RENEG_FUZZ_SECONDS`` sets the budget (default 30); the number of inputs is printed.
+never use unbounded memory. Torch-format inputs also go through the reward-weights check the hosts run when a
+graph is queued / a reward is listed (:func:`~reneg.core.rewards.weights.check_weights_file`). ``RENEG_FUZZ_SECONDS`` sets the budget (default 30); the number of inputs is printed.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import hostile_cases as H
 from reneg.core.checkpoint import load_state, save_state
 from reneg.core.embedding_io import MAX_ELEMENTS, load_embedding, save_embedding
 from reneg.core.errors import RenegError
+from reneg.core.rewards.weights import check_weights_file
 
 from conftest import RELEASED_DIR
 
@@ -97,6 +99,11 @@ def test_fuzzed_files_load_or_fail_with_one_clear_error(tmp_path, capsys):
         path.write_bytes(blob)
         counts["inputs"] += 1
         try:
+            if suffix in (".bin", ".pt"):
+                try:
+                    check_weights_file(path)
+                except RenegError as exc:
+                    assert str(exc) and "Traceback" not in str(exc), str(exc)
             if suffix == ".state":
                 load_state(path)
             else:

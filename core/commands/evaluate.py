@@ -5,6 +5,7 @@ bars.png."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import add_model_args, add_overwrite_arg, ddim_steps_arg, guidance_arg, int_in, seed_arg, side_arg
 from .reward_args import add_reward_weights_arg
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..evaluate import EvalConfig, evaluate_negatives, parse_negative_specs, resolve_negative
+    from ..errors import OutputError
     from ..outputs import check_output_folder
     from ..prompts import load_prompt_set
     from ..train import default_resolution
@@ -65,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     specs = parse_negative_specs(args.negatives)
     check_output_folder(args.out, EVAL_OUTPUTS, overwrite=args.overwrite,
                         inputs=[args.prompts, *(s.value for s in specs if s.kind == "file")])
+    earlier = sorted((Path(args.out).expanduser() / "images").glob("*/*.png")) if args.save_images else []
+    if earlier and not args.overwrite:
+        raise OutputError(f"{earlier[0].parent.parent} already holds {len(earlier)} images of an earlier evaluation "
+                          f"(e.g. {earlier[0].relative_to(earlier[0].parent.parent)}); pass --overwrite to "
+                          "replace them, or choose another --out.")
     items = load_prompt_set(args.prompts, args.limit)
     backend = load_backend_from_args(args)
     negatives = {s.label: resolve_negative(backend, s) for s in specs}

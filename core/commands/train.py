@@ -55,11 +55,12 @@ def register(sub) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet/VAE activations")
     p.add_argument("--save-every", type=int_in(0), default=250,
                    help="checkpoint every N steps (default 250; 0: only at the end)")
-    p.add_argument("--preview-every", type=int_in(0), default=0, help="write a preview PNG every N steps (0: off)")
+    p.add_argument("--preview-every", type=int_in(0), default=0,
+                   help="write a preview PNG every N steps into <out stem>.previews/ (0: off)")
     p.add_argument("--preview-prompt", default=None, help="prompt of the previews (default: the first training prompt)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.state")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over, replacing <out>, <out>.state and the log/curve of an earlier run")
+                   help="start over, replacing <out>, <out>.state, the log/curve and the previews of an earlier run")
     p.set_defaults(func=run)
 
 
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import NonFiniteError, RenegError
     from ..prompts import load_prompts
     from ..train import TrainCallbacks, TrainConfig, check_output, default_resolution, train_global
+    from ..training_log import preview_path
     from .common import resolve_device, resolve_dtype, save_images
     from .reward_args import build_reward_from_args
 
@@ -97,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
         preview_every=args.preview_every, preview_prompt=args.preview_prompt)
     out = Path(args.out)
-    preview_dir = out.with_name(out.name.rsplit(".", 1)[0] + ".previews")
     bar = tqdm(total=config.steps, desc="reneg train", disable=not dist.is_main, dynamic_ncols=True)
 
     def progress(step, total, reward_mean, preview):
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         bar.refresh()
         if preview is not None:
             try:
-                save_images(preview, preview_dir / f"step_{step:06d}.png")
+                # this run's own file: an earlier run's previews were refused or removed before step 1
+                save_images(preview, preview_path(out, step))
             except NonFiniteError:  # a diverged preview must not end the run; the steps say if it learns
                 tqdm.write(f"step {step}: the preview image is NaN/Inf; not saved")
 

@@ -85,7 +85,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     code is an :class:`UnsafeFileError`.
     """
     path = Path(path)
-    _check_weights_file(path)
+    check_weights_file(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -109,8 +109,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _check_weights_file(path: Path) -> None:
-    """Name an empty file, an HTML page or a Git-LFS pointer before torch/safetensors see it."""
+def check_weights_file(path: Path) -> None:
+    """Name an empty file, an HTML page, a Git-LFS pointer or a dangerous pickle before torch/safetensors see it
+    (cheap: nothing is loaded; the reward loaders and the A1111 install check use it)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
