@@ -209,7 +209,7 @@ def refine_conditioning(model, vae, positive_rows: Sequence[list[Any]], negative
     reporter.raise_if_interrupted()
     with torch.inference_mode(False):
         best = torch.cat([r.best for r in results]).detach().to("cpu", torch.float32).clone()
-    info = [{"row": b, "batch_index": indices[b], "prompt": r.prompt, "trace": [round(float(x), 6) for x in r.trace],
+    info = [{"row": b, "batch_index": indices[b], "prompt": r.prompt, "trace": [float(x) for x in r.trace],
              "best_step": int(r.best_step), "start_reward": float(r.start_reward),
              "best_reward": float(r.best_reward), "step_index": int(r.step_index)} for b, r in enumerate(results)]
     return NodeRefineResult(pack_rows(best, negative), best, bchw_to_comfy_image(images), info)
