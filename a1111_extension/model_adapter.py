@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import torch
 
 from ..core.errors import RenegError
+from .fp32 import fp32_module
 
 
 #: ldm ``parameterization`` -> DiffusionBackend ``prediction_type``
@@ -195,6 +196,16 @@ class LdmBackend:
         if isinstance(cond, dict):
             cond = cond["crossattn"]
         return cond.to(self.dtype)
+
+    @torch.no_grad()
+    def encode_prompts_fp32(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Like :meth:`encode_prompts`, with the text encoder computing in fp32 (its half-precision weights are
+        cast for the call and put back untouched), e.g. the null-text start of training."""
+        with fp32_module(self.sd_model.cond_stage_model):
+            cond = self.sd_model.get_learned_conditioning(list(prompts))
+        if isinstance(cond, dict):
+            cond = cond["crossattn"]
+        return cond.float()
 
     def gradient_checkpointing(self):
         """Context manager: recompute UNet and VAE-decoder blocks in backward (less memory)."""

@@ -15,6 +15,7 @@ from modules import devices, shared
 from ..core.errors import RenegError
 from ..core.rewards import build_reward
 from . import settings
+from .fp32 import REWARD_DTYPE, fp32_reward
 from .model_adapter import ForgeBackend, backend_for
 
 log = logging.getLogger("reneg.a1111")
@@ -54,14 +55,14 @@ def model_hash() -> str:
 
 
 def reward_dtype(device: torch.device) -> torch.dtype:
-    """fp16 on CUDA when the webui runs in half precision, fp32 otherwise."""
-    if device.type == "cuda" and getattr(devices, "dtype", torch.float32) == torch.float16:
-        return torch.float16
-    return torch.float32
+    """fp32, whatever precision the webui runs the model in (ReNeg's rewards and their gradients are computed in
+    fp32; see :mod:`.fp32`)."""
+    return REWARD_DTYPE
 
 
 def load_reward(spec: str, device: torch.device):
-    """Build (or reuse) the reward ``spec`` with the weights configured in Settings → ReNeg."""
+    """Build (or reuse) the reward ``spec`` with the weights configured in Settings → ReNeg, in fp32 and scored
+    with autocast off."""
     spec = (spec or settings.opt("reneg_default_reward") or "hpsv2.1").strip().lower()
     weights = {n: str(path) for n, path in check_reward(spec).items()}
     dtype = reward_dtype(device)
@@ -71,7 +72,7 @@ def load_reward(spec: str, device: torch.device):
     _reward_cache.clear()
     devices.torch_gc()
     with settings.rewards_dir_env():
-        reward = build_reward(spec, weights or None, device=device, dtype=dtype)
+        reward = fp32_reward(build_reward(spec, weights or None, device=device, dtype=dtype))
     if settings.opt("reneg_keep_reward_loaded"):
         _reward_cache.update(key=key, reward=reward)
     return reward

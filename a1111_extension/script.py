@@ -15,14 +15,15 @@ from ..core.errors import RenegError
 from . import library, reward_setup, runtime, settings
 from .model_adapter import model_context_dim
 from .script_logic import (KEY_NOT_APPLIED, KEY_REFINE_SKIPPED, KEY_REFINED_NOT_SAVED, OVERRIDES_ATTR, ScriptArgs,
-                           apply_overrides, args_from_infotext, infotext_params, refine_batch, refine_key,
-                           refine_params, summarize_refinement)
+                           apply_overrides, args_from_infotext, infotext_params, refine_infotext, refine_key)
 from .uncond import UncondPlan, attach, PLAN_ATTR
 
 _embeddings = library.EmbeddingCache()
 _refined = library.RefineCache()
 
 ARGS_ATTR = "reneg_script_args"
+#: Attribute of ``p``: the job's per-image refinement summaries (infotext), across its batches.
+REFINED_ATTR = "reneg_refined_images"
 
 
 def embedding_names() -> list[str]:
@@ -146,13 +147,18 @@ class RenegScript(scripts.Script):
         setattr(p, ARGS_ATTR, (a, found, file_hash))
 
     def process_batch(self, p, *args, **kwargs):
+        """Refine one negative per image of this batch (its prompt and seed), all rows in one batched
+        refinement, and put row i's negative into row i of the uncond."""
+        from ..core.refine import RefineConfig
+        from .batch_refine import refine_rows, summary
+
         plan = getattr(p, PLAN_ATTR, None)
         state = getattr(p, ARGS_ATTR, None)
         if plan is None or state is None or not state[0].refine:
             return
         a, found, file_hash = state
         prompts = list(kwargs.get("prompts") or p.prompts)
-        seeds = list(kwargs.get("seeds") or p.seeds)
+        seeds = [int(s) for s in (kwargs.get("seeds") or p.seeds)]
         try:
             with runtime.torch_load_unpatched():  # the file may have changed on disk since process()
                 base = _embeddings.load(found.path)[0].tensor
@@ -162,54 +168,53 @@ class RenegScript(scripts.Script):
         except RenegError as exc:
             _report(p, KEY_REFINE_SKIPPED, str(exc))
             return
-        results = []
+        lr = float(settings.opt("reneg_refine_lr"))
+        config = RefineConfig(max_steps=a.refine_steps, patience=a.patience, lr=lr,
+                              num_inference_steps=int(p.steps), guidance_scale=float(p.cfg_scale),
+                              height=int(p.height), width=int(p.width))
+        model_hash = runtime.model_hash()
+        rows = len(prompts)
 
-        def refine_one(prompt: str, seed: int):
-            lr = float(settings.opt("reneg_refine_lr"))
-            key = refine_key(runtime.model_hash(), file_hash, prompt, seed, a,
-                             (p.cfg_scale, p.width, p.height, p.steps, lr))
-            hit = _refined.get(key)
-            if hit is None:
-                hit = self._refine(p, backend, reward, prompt, seed, base, a, lr)
-                if hit is None:  # interrupted: keep the unrefined embedding, do not cache
-                    return base
-                _refined.put(key, hit)
-                self._maybe_save(p, hit, found.name, prompt, seed, a, backend, key)
-            results.append(hit)
-            return hit.best.detach().cpu().float()
+        def key_of(prompt: str, seed: int) -> tuple:
+            return refine_key(model_hash, file_hash, prompt, seed, a, (p.cfg_scale, p.width, p.height, p.steps, lr))
 
+        def progress(k, total, scores):
+            live = [x for x in scores if x is not None]
+            best = f", reward {max(live):.4f}" if live else ""
+            runtime.set_textinfo(f"ReNeg: refining {rows} image(s) — step {k}/{total}, {len(live)} still "
+                                 f"improving{best}")
+
+        runtime.set_textinfo(f"ReNeg: refining {rows} image(s) for their prompts")
         try:
-            rows = refine_batch(refine_one, prompts, seeds)
+            with runtime.grad_enabled(), runtime.maybe_checkpointing(backend):
+                outcome = refine_rows(backend, reward, prompts, seeds, base, config, key_of=key_of,
+                                      cache=_refined, progress=progress, should_stop=runtime.interrupted,
+                                      max_rows=int(settings.opt("reneg_refine_max_rows") or 0))
         except RenegError as exc:
             _report(p, KEY_REFINE_SKIPPED, str(exc))
             return
         finally:
             runtime.release_reward()
-        plan.set_negative(library.stack_rows(rows))
-        if results:
-            p.extra_generation_params.update(refine_params(a, summarize_refinement(results)))
-        else:
-            _report(p, KEY_REFINE_SKIPPED, "interrupted before refinement finished; the unrefined embedding was used")
-
-    @staticmethod
-    def _refine(p, backend, reward, prompt, seed, base, a: ScriptArgs, lr: float):
-        from ..core.refine import refine_negative
-
-        def progress(step, total, score, _preview=None):
-            runtime.set_textinfo(f"ReNeg: refining for '{prompt[:40]}' — step {step}/{total}, reward {score:.4f}")
-
-        runtime.set_textinfo(f"ReNeg: refining for '{prompt[:40]}'")
-        with runtime.grad_enabled(), runtime.maybe_checkpointing(backend):
-            result = refine_negative(backend, reward, prompt, base.to(backend.device), seed=seed,
-                                     max_steps=a.refine_steps, patience=a.patience, lr=lr,
-                                     num_inference_steps=int(p.steps), guidance_scale=float(p.cfg_scale),
-                                     height=int(p.height), width=int(p.width), callback=progress,
-                                     should_stop=runtime.interrupted)
-        if result.stopped:
-            return None
-        print(f"ReNeg: refined '{prompt[:60]}': reward {float(result.start_reward):.4f} -> "
-              f"{float(result.best_reward):.4f} (best step {result.best_step})", flush=True)
-        return result
+        for result in outcome.fresh:
+            print(f"ReNeg: refined '{str(result.prompt)[:60]}' (seed {result.seed}): reward "
+                  f"{float(result.start_reward):.4f} -> {float(result.best_reward):.4f} (best step "
+                  f"{result.best_step})", flush=True)
+            self._maybe_save(p, result, found.name, result.prompt, result.seed, a, backend,
+                             key_of(result.prompt, result.seed))
+        plan.set_negative(library.stack_rows(outcome.rows))
+        refined = getattr(p, REFINED_ATTR, None)
+        if refined is None:
+            refined = {"refined": {}, "skipped": {}}
+            setattr(p, REFINED_ATTR, refined)
+        reason = "interrupted before refinement finished; the unrefined embedding was used"
+        for prompt, seed, result in zip(prompts, seeds, outcome.results):
+            if result is None:
+                refined["skipped"][(prompt, seed)] = reason
+            else:
+                refined["refined"][(prompt, seed)] = summary(result)
+        if outcome.stopped:
+            _report(p, KEY_REFINE_SKIPPED, reason)
+        p.extra_generation_params.update(refine_infotext(a, refined["refined"], refined["skipped"]))
 
     @staticmethod
     def _maybe_save(p, result, base_name, prompt, seed, a: ScriptArgs, backend, key: tuple) -> None:
@@ -226,5 +231,6 @@ class RenegScript(scripts.Script):
 
     def postprocess(self, p, processed, *args):
         attach(p, None)
-        if hasattr(p, ARGS_ATTR):
-            delattr(p, ARGS_ATTR)
+        for attr in (ARGS_ATTR, REFINED_ATTR):
+            if hasattr(p, attr):
+                delattr(p, attr)

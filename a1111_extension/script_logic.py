@@ -21,9 +21,7 @@ Only ``enabled`` and ``embedding`` are required; missing trailing arguments take
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Optional, Sequence
-
-import torch
+from typing import Any, Optional, Sequence
 
 from ..core.errors import RenegError
 
@@ -148,19 +146,25 @@ def refine_key(model_hash: str, file_hash: str, prompt: str, seed: int, args: Sc
     return (model_hash, file_hash, prompt, int(seed), args.refine_steps, args.patience, args.reward, *extra)
 
 
-def refine_batch(refine_one: Callable[[str, int], torch.Tensor], prompts: Sequence[str],
-                 seeds: Sequence[int]) -> list[torch.Tensor]:
-    """One refined negative per batch row, refined once per distinct prompt (with its first row's seed).
+def refine_infotext(args: ScriptArgs, refined: dict, skipped: dict) -> dict[str, Any]:
+    """Per-image infotext entries for a job with per-image refinement.
 
-    ``refine_one(prompt, seed) -> [1, T, D]`` does the work (and its own caching across batches).
+    ``refined``: ``{(prompt, seed): "start->best (step n)"}`` of the images whose negative was refined;
+    ``skipped``: ``{(prompt, seed): reason}`` of those that kept the unrefined embedding. Each value is a
+    :class:`~.batch_refine.PerImage`: the API sees one string, each image's PNG info only its own entries (the
+    refine settings only on refined images, so pasting an unrefined image's infotext leaves refinement off).
     """
-    done: dict[str, torch.Tensor] = {}
-    rows = []
-    for prompt, seed in zip(prompts, seeds):
-        if prompt not in done:
-            done[prompt] = refine_one(prompt, int(seed))
-        rows.append(done[prompt])
-    return rows
+    from .batch_refine import PerImage
+
+    out: dict[str, Any] = {}
+    if refined:
+        settings = {KEY_REFINE_STEPS: args.refine_steps, KEY_PATIENCE: args.patience, KEY_REWARD: args.reward}
+        for key, value in settings.items():
+            out[key] = PerImage(str(value), {k: str(value) for k in refined})
+        out[KEY_REFINED] = PerImage("; ".join(refined.values()), refined)
+    if skipped:
+        out[KEY_REFINE_SKIPPED] = PerImage("; ".join(dict.fromkeys(skipped.values())), skipped)
+    return out
 
 
 def summarize_refinement(results: Sequence[Any]) -> str:

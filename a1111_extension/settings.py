@@ -35,6 +35,9 @@ OPTIONS: dict[str, tuple[Any, str, Any, Optional[dict], str]] = {
                                      None, "less GPU memory, ~30% slower"),
     "reneg_keep_reward_loaded": (True, "Keep the reward model loaded between generations", gr.Checkbox, None,
                                  "faster repeated refinement; uses GPU memory"),
+    "reneg_refine_max_rows": (0, "Refine at most this many images of a batch at once", gr.Number, {"precision": 0},
+                              "0 = the whole batch in one batched refinement (fastest); lower it if refining a "
+                              "large batch runs out of GPU memory"),
     "reneg_save_refined": (False, "Save per-prompt refined embeddings to <ReNeg folder>/refined/", gr.Checkbox,
                            None, ""),
 }

@@ -17,6 +17,7 @@ import torch
 from ..core.errors import RenegError
 from ..core.outputs import RunChoices
 from ..core.images import to_pil_images as tensor_to_pil
+from ..core.model_boundary import encode_fp32
 from ..core.prompts import load_prompts
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
@@ -165,7 +166,7 @@ def run_training(backend, reward, prompts: Sequence[str], config, out: Path, *, 
                          config.guidance_scale)
         return tensor_to_pil(img.cpu())[0]
 
-    start = init_negative if init_negative is not None else backend.encode_prompts([""])
+    start = init_negative if init_negative is not None else encode_fp32(backend, [""])  # as train_global's
     hooks.set_text("ReNeg training: preparing")
     before = preview_images(start.float()) if config.preview_every else None
     result = train_global(backend, reward, prompts, config, TrainCallbacks(progress=progress,

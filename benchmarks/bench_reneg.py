@@ -3,20 +3,27 @@ measured side by side in one run on one device, with peak memory and ratios; ref
 rules (proxy / final image) and B prompts refined in one batch vs one by one.
 
     python benchmarks/bench_reneg.py                 # CPU, tiny random test models (seconds)
+    python benchmarks/bench_reneg.py --model toy --ddim-steps 10 --refine-batch 8 --compare-rules 8 \
+        --refine-lr 0.05 --json benchmarks/results/cpu-DATE.json   # CPU, the trained toy world (minutes)
     python benchmarks/bench_reneg.py --gpu           # CUDA, full-size random-weight SD1.5 + ViT-H-14 reward, 512px
     python benchmarks/bench_reneg.py --gpu --micro-batch 8 --gradient-checkpointing --json out.json
 
 Weights are random (nothing is downloaded): the cost of a forward/backward does not depend on the values.
+``--model toy`` uses the trained toy world (``core/toy_world``, 32x32, its ``toy`` reward) and its held-out captions;
+``--compare-rules N`` then also measures what each selection rule does to the FINAL image on N held-out prompts.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -133,20 +140,36 @@ def run(args: argparse.Namespace) -> dict:
         from reneg.core.tiny_models import load_tiny_backend
 
         device, dtype = torch.device("cpu"), torch.float32
-        backend = load_tiny_backend(args.model)
-        reward = build_reward("tiny")
-        size = args.resolution or 64
+        if args.model.startswith("toy"):
+            from reneg.core.toy_world.load import load_toy_backend
+
+            backend = load_toy_backend(args.model)
+        else:
+            backend = load_tiny_backend(args.model)
+        reward = build_reward(args.reward or ("toy" if args.model.startswith("toy") else "tiny"))
+        size = args.resolution or (32 if args.model.startswith("toy") else 64)
     if args.gradient_checkpointing:
         backend.enable_gradient_checkpointing()
     meter = Meter(device)
     n, g = args.ddim_steps, args.guidance
-    prompt = "a photograph of an astronaut riding a horse"
+    toy = args.model.startswith("toy") and not (args.gpu or args.full_size)
+    if toy:
+        from reneg.core.toy_world import data
+
+        train_prompts, held_out = data.split_prompts()
+    else:
+        train_prompts = ["a photograph of an astronaut riding a horse", "a bowl of fruit", "a city at night"]
+        held_out = ["a photograph of an astronaut riding a horse", "a bowl of fruit", "a city at night",
+                    "a red fox in snow", "a lighthouse at dusk", "portrait of an old man", "a cat on a sofa",
+                    "a mountain lake at sunrise"]
+    prompt = train_prompts[0]
     cond = backend.encode_prompts([prompt])
     null = backend.encode_prompts([""]).float()
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "model": backend.name, "reward": reward.name, "resolution": size, "ddim_steps": n,
                      "micro_batch": args.micro_batch, "dtype": str(dtype).replace("torch.", ""),
-                     "gradient_checkpointing": args.gradient_checkpointing, "threads": torch.get_num_threads()}
+                     "gradient_checkpointing": args.gradient_checkpointing, "threads": torch.get_num_threads(),
+                     "refine_lr": args.refine_lr}
 
     # 1. the unit: one plain 30-step CFG generation (B=1) + VAE decode
     latents = batch_latents(backend, [0], size, size)
@@ -160,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
                          last_k=10, height=size, width=size, seed=0)
     train: dict = {}
     with meter.phase(train):
-        result = train_global(backend, reward, [prompt, "a bowl of fruit", "a city at night"], config)
+        result = train_global(backend, reward, train_prompts[:3], config)
     step_times = [row["seconds"] for row in result.log[1:]]  # the first step is warm-up
     train["seconds_per_step"] = statistics.median(step_times)
     train["samples_per_s"] = m / train["seconds_per_step"]
@@ -171,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
     for rule in ("proxy", "final"):
         refine: dict = {}
         with meter.phase(refine):
-            res = refine_negative(backend, reward, prompt, null, seed=0, max_steps=10, patience=11, lr=5e-3,
+            res = refine_negative(backend, reward, prompt, null, seed=0, max_steps=10, patience=11, lr=args.refine_lr,
                                   num_inference_steps=n, guidance_scale=g, height=size, width=size,
                                   final_image=True, selection=rule)
         refine["iterates"] = len(res.trace)
@@ -183,10 +206,9 @@ def run(args: argparse.Namespace) -> dict:
     from reneg.core.refine import RefineConfig, refine_batch
 
     b = args.refine_batch
-    prompts = [f"{p} {k}" for k, p in zip(range(b), ["a photograph of an astronaut riding a horse",
-                                                       "a bowl of fruit", "a city at night", "a red fox in snow"] * b)]
-    rcfg = RefineConfig(max_steps=args.batch_refine_steps, patience=99, num_inference_steps=n, guidance_scale=g,
-                        height=size, width=size)
+    prompts = [held_out[k % len(held_out)] for k in range(b)]
+    rcfg = RefineConfig(max_steps=args.batch_refine_steps, patience=99, lr=args.refine_lr, num_inference_steps=n,
+                        guidance_scale=g, height=size, width=size)
     batched: dict = {}
     with meter.phase(batched):
         refine_batch(backend, reward, prompts, null, list(range(b)), rcfg)
@@ -198,6 +220,12 @@ def run(args: argparse.Namespace) -> dict:
                                   "batched_seconds": batched["seconds"], "one_by_one_seconds": single["seconds"],
                                   "speedup": single["seconds"] / batched["seconds"]}
 
+    # 5. what each selection rule does to the FINAL image (start = the null text; paper settings: <= 10 steps,
+    #    patience 3), on held-out prompts, batched
+    if args.compare_rules:
+        results["rule_comparison"] = compare_rules(backend, reward, held_out[:args.compare_rules], null, size, n, g,
+                                                   args.refine_lr)
+
     per_sample = train["seconds_per_step"] / m
     results["ratios"] = {
         "train_sample_over_generation": per_sample / gen_s,
@@ -207,6 +235,43 @@ def run(args: argparse.Namespace) -> dict:
         "paper_run_hours_estimate": 4000 * 64 * per_sample / 3600,  # 4000 steps x batch 64, one device
     }
     return results
+
+
+def compare_rules(backend, reward, prompts, init, size: int, n: int, g: float, lr: float,
+                  max_steps: int = 10, patience: int = 3) -> dict:
+    """Final-image reward of the start negative vs the refined one under each selection rule, per prompt.
+
+    Both images are rendered by the engine's CFG-DDIM from the same x_T (seed 2000 + i) and scored by ``reward``
+    here, independently of the refinement's own bookkeeping. "worse" counts refined < start beyond float noise
+    (1e-4 relative: batched and single renders round differently)."""
+    from reneg.core.refine import RefineConfig, refine_batch
+    from reneg.core.train import batch_latents, render
+
+    seeds = [2000 + i for i in range(len(prompts))]
+    cond = backend.encode_prompts(list(prompts))
+    latents = batch_latents(backend, seeds, size, size)
+    with torch.no_grad():
+        start = reward.score(render(backend, cond, init, latents, n, g), list(prompts)).float().cpu()
+    out: dict = {"prompts": list(prompts), "seeds": seeds, "start_negative": "null text", "max_steps": max_steps,
+                 "patience": patience, "lr": lr, "start_mean": float(start.mean())}
+    for rule in ("final", "proxy"):
+        t0 = time.perf_counter()
+        res = refine_batch(backend, reward, list(prompts), init, seeds,
+                           RefineConfig(max_steps=max_steps, patience=patience, lr=lr, num_inference_steps=n,
+                                        guidance_scale=g, height=size, width=size, selection=rule),
+                           final_image=True)
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            refined = reward.score(torch.cat([r.image for r in res]).to(backend.device),
+                                   list(prompts)).float().cpu()
+        tol = 1e-4 * torch.clamp(start.abs(), min=1.0)
+        out[rule] = {"seconds": seconds, "refined_mean": float(refined.mean()),
+                     "mean_gain": float((refined - start).mean()),
+                     "worse": int((refined < start - tol).sum()), "better": int((refined > start + tol).sum()),
+                     "kept_start": sum(r.best_step == 0 for r in res),
+                     "start": [round(float(x), 4) for x in start], "refined": [round(float(x), 4) for x in refined],
+                     "best_step": [int(r.best_step) for r in res]}
+    return out
 
 
 def report(results: dict) -> str:
@@ -237,6 +302,15 @@ def report(results: dict) -> str:
         f"  paper-scale training (4000 x 64 samples) on this device = "
         f"{r['ratios']['paper_run_hours_estimate']:.2f} h",
     ]
+    c = r.get("rule_comparison")
+    if c:
+        lines.append(f"final-image reward on {len(c['prompts'])} held-out prompts, start ({c['start_negative']}) mean "
+                     f"{c['start_mean']:.3f}:")
+        for rule in ("final", "proxy"):
+            x = c[rule]
+            lines.append(f"  {rule} rule: refined mean {x['refined_mean']:.3f} (gain {x['mean_gain']:+.3f}), refined < "
+                         f"start {x['worse']}/{len(c['prompts'])}, better {x['better']}, kept the start "
+                         f"{x['kept_start']}  ({x['seconds']:.1f} s batched)")
     return "\n".join(lines)
 
 
@@ -246,7 +320,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--full-size", action="store_true",
                    help="the --gpu models on --device (e.g. a slow CPU check of the full-size path)")
     p.add_argument("--device", default=None, help="device for --full-size (default cuda)")
-    p.add_argument("--model", default="tiny", choices=("tiny", "tiny-v"), help="CPU test model")
+    p.add_argument("--model", default="tiny", choices=("tiny", "tiny-v", "toy", "toy-2"),
+                   help="CPU model: tiny random test models, or the trained toy world")
+    p.add_argument("--reward", default=None, help="CPU reward (default: toy for the toy world, else tiny)")
+    p.add_argument("--refine-lr", type=float, default=5e-3, help="refinement learning rate (paper: 5e-3)")
+    p.add_argument("--compare-rules", type=int, default=0,
+                   help="also compare the selection rules' final images on this many held-out prompts")
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--ddim-steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=7.5)
@@ -262,9 +341,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    machine = {"cpus": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
+               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     results = run(args)
+    machine["load_average_at_end"] = list(os.getloadavg())
+    results["machine"] = machine
     print(report(results))
+    print(f"machine: {machine['cpus']} CPUs, load average {machine['load_average_at_start'][0]:.1f} at start, "
+          f"{machine['load_average_at_end'][0]:.1f} at end")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)
     return results

@@ -179,20 +179,27 @@ class Refine(io.ComfyNode):
             description="Type the prompt here: this node encodes it (the positive output, the same as CLIP Text "
                         "Encode) and refines the negative embedding for it by gradient ascent on the reward "
                         "(ReNeg per-prompt refinement). Feed positive and refined_negative to a KSampler, and "
-                        "give the KSampler the same seed.",
+                        "give the KSampler the same seed and latent. Batches: one prompt per line (or one for all "
+                        "rows); every row of the latent batch gets its own refined negative, all refined at "
+                        "once. guaranteed_image is the refinement's own DDIM render of each refined negative: "
+                        "its reward is never below the start negative's (a KSampler with another sampler can "
+                        "differ).",
             inputs=[
                 io.Model.Input("model", tooltip="The SD1.x/SD2.x checkpoint's MODEL (the one the KSampler uses)."),
-                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the prompt."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the prompt(s)."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE: decodes the images the reward scores."),
                 io.Conditioning.Input("negative", tooltip="The negative to start from (e.g. Load ReNeg "
-                                                          "Embedding)."),
+                                                          "Embedding); the same start for every row."),
                 Reward.Input("reward", tooltip="The reward to maximise (Load ReNeg Reward)."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The positive prompt: encoded for the KSampler (positive output) and the "
-                                        "text the reward scores the images against."),
+                                        "text the reward scores the images against. For a batch: one prompt per "
+                                        "line, row by row (or a single line for every row); the number of lines "
+                                        "must match the latent's batch size."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Noise seed: use the KSampler's seed (link one Int node into both) so the "
-                                     "refinement is for the image you sample. Fixed: it does not change on Run."),
+                                     "refinement is for the image you sample. A batch is drawn as the KSampler "
+                                     "draws it (all rows from this one seed). Fixed: it does not change on Run."),
                 io.Int.Input("sampling_steps", default=30, min=1, max=1000,
                              tooltip="DDIM steps of the generation the reward is computed on (use the "
                                      "KSampler's steps)."),
@@ -204,34 +211,47 @@ class Refine(io.ComfyNode):
                              tooltip="Image height (ignored when latent is connected)."),
                 io.Int.Input("max_steps", default=10, min=1, max=1000, tooltip="Gradient steps at most."),
                 io.Int.Input("patience", default=3, min=1, max=1000,
-                             tooltip="Stop after this many steps without a better reward."),
+                             tooltip="Stop a row after this many steps without a better reward."),
                 io.Float.Input("lr", default=5e-3, min=1e-6, max=1.0, step=1e-4, round=1e-6,
                                tooltip="Learning rate of the refinement (Adam)."),
-                io.Latent.Input("latent", optional=True, tooltip="If connected, its size replaces width/height."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="The KSampler's latent (connect the same Empty Latent Image): its size "
+                                        "replaces width/height and its batch size is the number of rows. Not "
+                                        "connected: one row per prompt line."),
             ],
             outputs=[
-                io.Conditioning.Output(display_name="positive"),
-                io.Conditioning.Output(display_name="refined_negative"),
-                io.String.Output(display_name="reward_trace"),
-                io.Image.Output(display_name="preview"),
+                io.Conditioning.Output(display_name="positive",
+                                       tooltip="The prompt(s) encoded as CLIP Text Encode does, one row per "
+                                               "image: the KSampler's positive."),
+                io.Conditioning.Output(display_name="refined_negative",
+                                       tooltip="One refined negative per batch row: the KSampler's negative."),
+                io.String.Output(display_name="reward_trace",
+                                 tooltip="JSON: per row, the reward of each iterate, the best step, start and "
+                                         "best reward."),
+                io.Image.Output(display_name="guaranteed_image",
+                                tooltip="The refinement's own DDIM render of each refined negative (same seed): "
+                                        "the image whose reward is guaranteed >= the start negative's."),
             ],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, negative, reward, prompt, seed, sampling_steps, cfg, width,
                 height, max_steps, patience, lr, latent=None) -> io.NodeOutput:
-        from .refine_run import encode_positive, refine_conditioning
+        from .refine_run import encode_positive, parse_prompt_list, prompts_for_rows, refine_conditioning
+        from .refine_run import batch_positive
 
-        if latent is not None:
-            samples = latent["samples"]
-            height, width = int(samples.shape[-2]) * 8, int(samples.shape[-1]) * 8
-        positive = encode_positive(clip, prompt)
-        result = refine_conditioning(model, vae, positive, negative, reward, prompt=prompt, seed=seed,
-                                     num_inference_steps=sampling_steps, guidance_scale=cfg, width=width,
-                                     height=height, max_steps=max_steps, patience=patience, lr=lr)
-        trace = json.dumps({"trace": [round(float(x), 6) for x in result.trace], "best_step": result.best_step,
-                            "start_reward": float(result.start_reward), "best_reward": float(result.best_reward)})
-        return io.NodeOutput(positive, result.conditioning, trace, result.preview, ui=ui.PreviewText(trace))
+        rows = None if latent is None else int(latent["samples"].shape[0])
+        prompts = prompts_for_rows(parse_prompt_list(prompt), rows)
+        encoded = {p: encode_positive(clip, p) for p in dict.fromkeys(prompts)}
+        positive = batch_positive([encoded[p] for p in prompts] if len(encoded) > 1 else [encoded[prompts[0]]],
+                                  prompts)
+        result = refine_conditioning(model, vae, [encoded[p] for p in prompts], negative, reward, prompts=prompts,
+                                     seed=seed, num_inference_steps=sampling_steps, guidance_scale=cfg,
+                                     width=width, height=height, max_steps=max_steps, patience=patience, lr=lr,
+                                     latent=latent)
+        rows_info = result.rows
+        trace = json.dumps(rows_info[0] if len(rows_info) == 1 else {"rows": rows_info})
+        return io.NodeOutput(positive, result.conditioning, trace, result.image, ui=ui.PreviewText(trace))
 
 
 # ---------------------------------------------------------------------------------------------------------------

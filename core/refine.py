@@ -88,13 +88,15 @@ BatchCallback = Callable[[int, int, list, Optional[torch.Tensor]], None]
 def refine_batch(backend: DiffusionBackend, reward: Reward, prompts: Sequence[Optional[str]],
                  init_negative: torch.Tensor, seeds: Sequence[int], config: Optional[RefineConfig] = None, *,
                  conds: Optional[torch.Tensor] = None, step_indices: Optional[Sequence[int]] = None,
-                 callback: Optional[BatchCallback] = None, should_stop: Optional[Callable[[], bool]] = None,
+                 latents: Optional[torch.Tensor] = None, callback: Optional[BatchCallback] = None, should_stop: Optional[Callable[[], bool]] = None,
                  final_image: bool = False) -> list[RefineResult]:
     """Refine one negative per prompt, all prompts in one batch; returns one :class:`RefineResult` per row.
 
     ``init_negative``: ``[1,T,D]`` (the same start for every row, e.g. the global embedding) or ``[B,T,D]``.
     ``seeds``: x_T seed per row (as ``reneg generate --seed``). ``conds``: ``[B,T,D]`` conditioning (hosts pass
     their own; default: ``encode_prompts(prompts)``). ``step_indices``: per row (default: drawn from its seed).
+    ``latents``: x_T per row ``[B,C,h,w]`` (hosts whose sampler draws a batch's noise its own way pass it, e.g.
+    ComfyUI's KSampler draws all rows from one seed; default: each row drawn from its seed).
     ``callback(iterate, max_steps, scores, None)`` after each iterate; ``scores[b]`` is row b's score or None
     when the row has stopped. ``final_image`` (proxy rule only): also render each best embedding's image; the
     final rule always returns it.
@@ -131,7 +133,15 @@ def refine_batch(backend: DiffusionBackend, reward: Reward, prompts: Sequence[Op
             raise RenegError(f"step_index {s} is outside 0..{n - 1}.")
     rew = for_precision(reward, config.mixed_precision)
     scheduler = make_scheduler(backend)
-    latents = batch_latents(backend, list(seeds), config.height, config.width)
+    if latents is None:
+        latents = batch_latents(backend, list(seeds), config.height, config.width)
+    else:
+        f = backend.vae_scale_factor
+        want = [batch, backend.latent_channels, config.height // f, config.width // f]
+        if list(latents.shape) != want:
+            raise RenegError(f"latents must be x_T for {batch} rows at {config.width}x{config.height} "
+                             f"({want}); got {list(latents.shape)}.")
+        latents = latents.detach().to(backend.device, backend.dtype)
     final_rule = config.selection == "final"
 
     negative = torch.nn.Parameter(init.clone())

@@ -10,7 +10,7 @@ import torch
 from reneg.a1111_extension import library
 from reneg.a1111_extension.script_logic import (KEY_NAME, KEY_REFINE_SKIPPED, KEY_REFINE_STEPS, KEY_REFINED,
                                                 KEY_REWARD, KEY_STRENGTH, NO_EMBEDDING, ScriptArgs, apply_overrides,
-                                                args_from_infotext, infotext_params, refine_batch, refine_key,
+                                                args_from_infotext, infotext_params, refine_key,
                                                 refine_params, summarize_refinement)
 from reneg.a1111_extension.train_logic import compose, curve_image, output_path, parse_prompts, tensor_to_pil
 from reneg.core.embedding_io import save_embedding
@@ -89,19 +89,12 @@ def test_infotext_roundtrip():
     assert args_from_infotext({"Steps": "20"}) is None
 
 
-def test_refine_batch_refines_each_distinct_prompt_once():
-    calls = []
-
-    def refine_one(prompt, seed):
-        calls.append((prompt, seed))
-        return torch.full((1, 2, 3), float(len(calls)))
-
-    rows = refine_batch(refine_one, ["a", "b", "a", "a"], [10, 11, 12, 13])
-    assert calls == [("a", 10), ("b", 11)]
-    assert rows[0] is rows[2] is rows[3] and rows[1] is not rows[0]
+def test_stack_rows_keeps_one_shared_negative_unbatched():
+    base = torch.zeros(1, 2, 3)
+    rows = [base, torch.full((1, 2, 3), 2.0), base]
     stacked = library.stack_rows(rows)
-    assert stacked.shape == (4, 2, 3) and stacked[1, 0, 0] == 2
-    assert library.stack_rows([rows[0], rows[0]]) is rows[0]  # one prompt: stays [1, T, D]
+    assert stacked.shape == (3, 2, 3) and stacked[1, 0, 0] == 2
+    assert library.stack_rows([base, base]) is base  # nothing refined: stays [1, T, D]
 
 
 def test_refine_key_and_summary():

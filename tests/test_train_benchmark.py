@@ -50,3 +50,22 @@ def test_gpu_flag_builds_full_size_sd15_and_vit_h14():
     with torch.device("meta"):
         vit_h = build_open_clip(HPS_ARCH)
     assert sum(p.numel() for p in vit_h.parameters()) == 986_109_441  # open_clip ViT-H-14 (HPSv2's backbone)
+
+
+def test_rule_comparison_scores_the_final_images(backend):
+    """--compare-rules: start vs refined final-image reward per rule, rescored independently; the final rule never
+    ends below its start (the guarantee), the proxy rule may."""
+    from reneg.core.rewards import build_reward
+
+    bench = _load()
+    prompts = ["a cat", "a lighthouse at dusk"]
+    null = backend.encode_prompts([""]).float()
+    out = bench.compare_rules(backend, build_reward("tiny"), prompts, null, 64, 3, 7.5, 0.05, max_steps=2,
+                              patience=2)
+    assert out["prompts"] == prompts and len(out["final"]["refined"]) == 2
+    assert out["final"]["worse"] == 0
+    for rule in ("final", "proxy"):
+        x = out[rule]
+        assert x["worse"] + x["better"] <= 2 and x["seconds"] > 0
+        assert abs(x["mean_gain"] - (x["refined_mean"] - out["start_mean"])) < 1e-5
+    assert "machine" not in out

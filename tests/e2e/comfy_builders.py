@@ -209,14 +209,14 @@ def refine_equivalence(out_dir: str | os.PathLike, model: str = "tiny", **kw) ->
         from reneg.comfy_nodes.reward_run import build_node_reward
 
         reward = build_node_reward("tiny", "auto", "", [])  # what the Load ReNeg Reward node returns
-        result = refine_run.refine_conditioning(comfy_model, comfy_vae, positive, negative, reward,
-                                                prompt=prompt, **kw)
+        result = refine_run.refine_conditioning(comfy_model, comfy_vae, [positive], negative, reward,
+                                                prompts=[prompt], **kw)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode(False):
         save_file({"best": result.best.detach().clone().contiguous(), "cond": cond.clone(), "init": init.clone()},
                   str(out / "comfy_refine.safetensors"))
-    summary = {"trace": [float(x) for x in result.trace], "best_step": int(result.best_step),
+    summary = {"trace": [float(x) for x in result.rows[0]["trace"]], "best_step": int(result.rows[0]["best_step"]),
                "pack": pack.__name__}
     (out / "comfy_refine.json").write_text(json.dumps(summary))
     return summary
