@@ -1,10 +1,10 @@
 """Train the TOY WORLD from scratch: VAE, text encoder + UNet (``toy``), a second UNet (``toy-2``) and the reward.
 
-    python -m reneg.core.toy_world.train_world [--out DIR] [--threads 2]
+    python -m reneg.core.toy_world.train_world [--out DIR] [--threads 1] [--stages toy,toy-2]
 
 Reproducible: every stage draws from its own seeded ``torch.Generator`` / ``random.Random`` and the data is a pure
-function of its seed, so the same seed and thread count give the same weights (CPU). About 25 minutes on 2 CPU
-cores; writes the fp16 ``.safetensors`` files the pack ships in ``core/toy_world/weights/`` and ``world.json``
+function of its seed, so the same seed and thread count give the same weights (CPU). About 45 minutes at 1 thread on
+a busy 2-core machine (VAE 11, reward 10, toy 18.5, toy-2 2.2; ``world.json`` has the measured seconds); writes the fp16 ``.safetensors`` files the pack ships in ``core/toy_world/weights/`` and ``world.json``
 (recipe, timings, sizes). Toy models for demos and tests -- not for art.
 """
 from __future__ import annotations
