@@ -1,4 +1,5 @@
-"""The shipped TOY WORLD: weights load, the generator follows its captions and responds to a negative, the
+"""The shipped TOY WORLD: weights load, the reward scores generated images higher with their own caption (drawing
+the captioned colour in the captioned place: strict xfail), the generator responds to a negative, the
 reward prefers correct defect-free images, training is reproducible, and the SD1 checkpoint round-trips."""
 from __future__ import annotations
 
