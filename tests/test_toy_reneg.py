@@ -19,11 +19,11 @@ from reneg.core.train import TrainConfig, batch_latents, render, train_global
 TRAIN, HELD_OUT = data.split_prompts()
 STEPS = 10
 # Margins: about two thirds of what the shipped weights measured (values in the comments, CPU, seeds fixed).
-GLOBAL_MARGIN = 3.0      # measured: null 3.76 -> global 10.87 (+7.1); win rate 0.50 (wide per-image spread)
-GLOBAL_WIN_RATE = 0.45
-REFINE_MARGIN = 20.0     # measured final-image gains over global: [0, 3.7, 2.5, 6.7, 0, 128.6, 68.4, 121.2]
-REFINE_WIN_RATE = 0.6    # (mean +41.4, 6/8 better, 2/8 unchanged: refinement kept the start)
-TRANSFER_MARGIN = 4.0    # measured on toy-2: null 0.19 -> global-from-toy 9.14 (+9.0); win rate 0.50
+GLOBAL_MARGIN = 6.0      # measured: null 53.45 -> global 62.98 (+9.5); win rate 0.58 (wide per-image spread)
+GLOBAL_WIN_RATE = 0.5
+REFINE_MARGIN = 55.0     # measured final-image gains over global: [152.8, 50.5, 113.9, 37.7, 58.1, 108.2, 60.3, 131.3]
+REFINE_WIN_RATE = 0.75   # (mean +89.1, 8/8 better; same seed and reward as the refinement optimised)
+TRANSFER_MARGIN = 3.0    # measured on toy-2: null 46.02 -> global-from-toy 50.61 (+4.6); win rate 0.54
 TRANSFER_WIN_RATE = 0.45
 RECIPE = TrainConfig(steps=20, batch_size=8, micro_batch=8, lr=0.05, num_inference_steps=STEPS, height=32,
                      width=32, seed=0)
@@ -52,18 +52,16 @@ def _compare(backend, negatives, reward):
     return means, ev.win_rates["toy"]
 
 
-GLOBAL_NOT_YET = pytest.mark.xfail(strict=True, reason="not yet shown by the shipped toy world: 20 steps x batch 8 under the default per-sample t give a global negative WORSE than null on held-out captions (measured null 3.76 -> global -6.01 on toy, 0.19 -> -7.76 on toy-2), while one t per step gave +7.1 / +9.0 with win rate 0.50: the under-trained world (issue 9) is too noisy to carry this claim yet")
 
 
 @pytest.mark.slow
-@GLOBAL_NOT_YET
 def test_global_negative_beats_null_on_held_out_prompts(toy, toy_reward, learned):
     null = toy.encode_prompts([""]).float()
     means, wins = _compare(toy, {"null": null, "global": learned.negative}, toy_reward)
     assert means["global"] - means["null"] >= GLOBAL_MARGIN, means
     assert wins["global"]["null"] >= GLOBAL_WIN_RATE, wins
     rewards = [row["reward_mean"] for row in learned.log]
-    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5  # training reward went up too (measured -19 -> +20)
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5  # training reward went up too (measured 50.2 -> 54.1)
     for module in (toy.unet, toy.vae, toy.text_encoder):
         assert all(p.grad is None and not p.requires_grad for p in module.parameters())
 
@@ -87,7 +85,6 @@ def test_per_prompt_refinement_beats_the_global_negative(toy, toy_reward, learne
 
 
 @pytest.mark.slow
-@GLOBAL_NOT_YET
 def test_global_negative_learned_on_toy_transfers_to_toy_2(toy_reward, learned):
     toy2 = load_backend("toy-2")
     null = toy2.encode_prompts([""]).float()

@@ -142,7 +142,7 @@ def read_weights(name: str, weights_dir: Optional[Path] = None) -> dict[str, tor
     if not path.is_file():
         raise MissingWeightsError(
             f"Toy-world weight file {path} is missing. It ships with the pack; rebuild it with "
-            "`python -m reneg.core.toy_world.train_world` (about 25 minutes on 2 CPU cores).")
+            "`python -m reneg.core.toy_world.train_world` (about 45 minutes on a busy 2-core CPU).")
     return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
 
 
