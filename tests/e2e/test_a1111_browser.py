@@ -103,9 +103,12 @@ def page(webui, browser, request):
     pg = ctx.new_page()
     pg.errors = []  # uncaught errors raised in ReNeg's own script (the webui's own are not ours to judge)
     pg.on("pageerror", lambda e: "reneg" in (e.stack or "").lower() and pg.errors.append(str(e)))
+    refused = []  # the webui's or this pack's files it would not serve (e.g. gradio 4's 403 outside allowed paths)
+    pg.on("response", lambda r: r.status >= 400 and "/file=" in r.url and refused.append(f"{r.status} {r.url}"))
     pg.goto(api.url + "/", wait_until="domcontentloaded", timeout=120_000)
     pg.wait_for_selector("#txt2img_generate", timeout=180_000)
     pg.wait_for_selector("#script_txt2img_reneg_enable", state="attached", timeout=60_000)
+    assert not refused, refused[:5]
     yield pg
     ctx.close()
 

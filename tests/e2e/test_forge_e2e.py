@@ -40,7 +40,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
 FORGE = a1.Host("Forge", FORGE_PATH, os.environ.get("FORGE_PYTHON", sys.executable),
                 required=("launch.py", "backend/huggingface/runwayml/stable-diffusion-v1-5",
                           "repositories/huggingface_guess/huggingface_guess/detection.py"),
-                flags=("--always-cpu",))
+                # Forge's gradio 4 serves files only under --gradio-allowed-path, whose default is the data dir: with
+                # the test's --data-dir its own javascript/ would answer 403 (and so would this pack, symlinked in
+                # from the checkout), and the page would never set up its accordions.
+                flags=("--always-cpu", "--gradio-allowed-path", str(FORGE_PATH),
+                       "--gradio-allowed-path", str(a1.REPO)))
 
 
 class ForgeClient(a1.Webui):
