@@ -260,7 +260,9 @@ def test_tab_trains_with_progress_then_shows_completion(webui, page):
     assert "complete: 3/3 steps" in result and "browser-run.safetensors" in result, result
     assert "Time taken" in result, result
     assert (data / "models" / "ReNeg" / "browser-run.safetensors").is_file()
-    assert inner_html(page, "reneg_train_progress").strip() == ""  # no stale progress text after the run
+    # no stale progress text after the run: the progress poller clears it at its next poll after the job ends
+    page.wait_for_function("() => { const a = document.querySelectorAll('#reneg_train_progress');"
+                           " return !a.length || a[a.length - 1].innerText.trim() === ''; }", timeout=20_000)
     fits = page.evaluate("() => Array.from(document.querySelectorAll('#reneg_train_gallery img'))"
                          ".map(i => getComputedStyle(i).objectFit)")
     assert fits and all(f == "contain" for f in fits), fits  # the reward curve is not cropped
