@@ -29,18 +29,11 @@ from reneg.core.model_boundary import encode_fp32  # noqa: E402
 from reneg.core.refine import RefineConfig, refine_batch, refine_negative  # noqa: E402
 from reneg.core.rewards import build_reward  # noqa: E402
 from reneg.core.train import TrainConfig  # noqa: E402
+from test_a1111_train import backend  # noqa: E402,F401  (the tiny ldm backend fixture)
 
 CONFIG = dict(max_steps=2, patience=2, lr=5e-2, num_inference_steps=3, guidance_scale=5.0, height=64, width=64)
 PROMPTS = ["a red cube", "a blue ball", "a red cube"]
 SEEDS = [3, 4, 5]
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    te = write_text_encoder(tmp_path_factory.mktemp("te"), "tiny")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return LdmBackend(build_ldm("tiny", te), name="tiny-ldm")
 
 
 @pytest.fixture(scope="module")
