@@ -85,7 +85,8 @@ def run(cmd: list[str], **kw) -> None:
 
 
 def in_parallel(jobs: dict[str, Callable[[], Path]], logs: Path) -> dict[str, Path]:
-    """Run ``{name: build}`` at once, each build's command output in ``logs/<name>.log``; the first failure stops."""
+    """Run ``{name: build}`` at once, each build's command output in ``logs/<name>.log``. The other builds finish
+    (their venvs stay valid for the next run); then the first failure, in ``jobs`` order, stops the set-up."""
     logs.mkdir(parents=True, exist_ok=True)
 
     def job(name: str, build: Callable[[], Path]) -> Path:
