@@ -315,6 +315,9 @@ class ForgeBackend:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Forge's own text encoding, already computed in fp32 whatever the weights' storage dtype (its CLIP runs
+        forge operations with manual cast on fp32 token embeddings), so it also serves as the fp32 null-text start
+        (``tests/test_a1111_forge_adapter.py`` checks this in Forge's venv)."""
         cond = self.sd_model.get_learned_conditioning(list(prompts))
         if isinstance(cond, dict):
             cond = cond["crossattn"]
