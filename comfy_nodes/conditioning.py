@@ -3,7 +3,7 @@
 A ComfyUI conditioning is ``[[tensor [B, T, D], {"pooled_output": tensor [B, P] | None, ...}], ...]``. For
 SD1.x/SD2.x the UNet reads only the tensor (cross-attention context); ``pooled_output`` is carried for nodes
 that expect the key. Incoming tensors are ComfyUI inference tensors: callers that need autograd clone them
-under ``torch.inference_mode(False)`` (:func:`single_tensor` does).
+under ``torch.inference_mode(False)`` (:func:`row_tensors` does).
 """
 from __future__ import annotations
 
@@ -24,8 +24,14 @@ def pack(tensor: torch.Tensor, pooled: torch.Tensor | None = None) -> list[list[
     return [[tensor.detach().to("cpu", torch.float32), {"pooled_output": pooled.detach().to("cpu", torch.float32)}]]
 
 
-def single_tensor(conditioning: Any, what: str) -> torch.Tensor:
-    """The ``[1, T, D]`` tensor of a one-entry conditioning, as a normal (autograd-capable) fp32 CPU clone."""
+def row_tensors(conditioning: Any, what: str) -> list[torch.Tensor]:
+    """Each row ``[1, T, D]`` of a one-entry conditioning ``[B, T, D]`` (e.g. ReNeg Refine's batch output), as
+    normal fp32 CPU clones."""
+    tensor = _plain(_entry_tensor(conditioning, what))
+    return [tensor[i:i + 1].clone() for i in range(tensor.shape[0])]
+
+
+def _entry_tensor(conditioning: Any, what: str) -> torch.Tensor:
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise RenegError(f"{what}: expected a CONDITIONING (list of [tensor, dict]); got {type(conditioning).__name__}.")
     if len(conditioning) != 1:
@@ -35,8 +41,13 @@ def single_tensor(conditioning: Any, what: str) -> torch.Tensor:
     if not isinstance(entry, (list, tuple)) or len(entry) < 1 or not isinstance(entry[0], torch.Tensor):
         raise RenegError(f"{what}: malformed conditioning entry; expected [tensor, dict].")
     tensor = entry[0]
-    if tensor.dim() != 3 or tensor.shape[0] != 1:
-        raise RenegError(f"{what}: conditioning tensor has shape {list(tensor.shape)}; ReNeg needs [1, tokens, dim].")
+    if tensor.dim() != 3 or tensor.shape[0] < 1:
+        raise RenegError(f"{what}: conditioning tensor has shape {list(tensor.shape)}; ReNeg needs [rows, tokens, "
+                         "dim].")
+    return tensor
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode(False):
         return tensor.detach().to("cpu", torch.float32).clone()
 

@@ -22,7 +22,7 @@ from ..core.rewards import REWARD_NAMES
 from ..core.rewards.weights import REWARDS_DIR_ENV
 from ..core.train import TrainConfig
 from . import embedding_run, files, train_modes
-from .conditioning import apply_strength, pack, single_tensor
+from .conditioning import apply_strength, pack, row_tensors
 from .model_adapter import encode_text
 
 log = logging.getLogger("reneg")
@@ -369,10 +369,12 @@ class SaveEmbedding(io.ComfyNode):
             node_id="ReNegSaveEmbedding",
             display_name="Save ReNeg Embedding",
             category=CATEGORY,
-            description="Save a negative CONDITIONING as a ReNeg .safetensors (with metadata) in models/reneg/.",
+            description="Save a negative CONDITIONING as a ReNeg .safetensors (with metadata) in models/reneg/; a "
+                        "batch (ReNeg Refine on a latent batch: one refined negative per row) is saved as one file "
+                        "per row, in row order.",
             inputs=[
                 io.Conditioning.Input("conditioning", tooltip="The negative to save (e.g. from ReNeg Refine or "
-                                                              "ReNeg Train Global)."),
+                                                              "ReNeg Train Global); one file per batch row."),
                 io.String.Input("filename_prefix", default="negative",
                                 tooltip="File name start; saved as models/reneg/<prefix>_00001.safetensors."),
                 io.String.Input("note", default="", optional=True, tooltip="Stored in the file's metadata."),
@@ -383,11 +385,11 @@ class SaveEmbedding(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, filename_prefix, note="") -> io.NodeOutput:
-        tensor = single_tensor(conditioning, "Save ReNeg Embedding")
-        path = embedding_run.save_new(_embedding_dirs()[0], filename_prefix, tensor, created_by="reneg-comfyui",
-                                      note=note)
-        log.info("ReNeg: saved %s", path)
-        return io.NodeOutput(ui=ui.PreviewText(str(path)))
+        paths = [embedding_run.save_new(_embedding_dirs()[0], filename_prefix, row, created_by="reneg-comfyui",
+                                        note=note) for row in row_tensors(conditioning, "Save ReNeg Embedding")]
+        for path in paths:
+            log.info("ReNeg: saved %s", path)
+        return io.NodeOutput(ui=ui.PreviewText("\n".join(str(p) for p in paths)))
 
 
 NODES: list[type[io.ComfyNode]] = [LoadEmbedding, LoadReward, Refine, TrainGlobal, SaveEmbedding]

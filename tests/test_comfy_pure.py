@@ -24,8 +24,15 @@ def test_pack_is_comfy_conditioning_and_round_trips_bit_exact():
     assert isinstance(c, list) and len(c) == 1 and isinstance(c[0][1], dict)
     assert torch.equal(c[0][0], t)
     assert c[0][1]["pooled_output"].shape == (1, 768)
-    back = cond.single_tensor(c, "x")
+    (back,) = cond.row_tensors(c, "x")
     assert torch.equal(back, t) and back.data_ptr() != t.data_ptr()
+
+
+def test_row_tensors_splits_a_batch_in_row_order():
+    t = torch.randn(3, 77, 768)
+    rows = cond.row_tensors(cond.pack(t), "x")
+    assert [r.shape for r in rows] == [(1, 77, 768)] * 3
+    assert all(torch.equal(r[0], t[i]) for i, r in enumerate(rows))
 
 
 def test_pack_keeps_given_pooled_and_rejects_2d():
@@ -35,10 +42,10 @@ def test_pack_keeps_given_pooled_and_rejects_2d():
         cond.pack(torch.zeros(77, 768))
 
 
-def test_single_tensor_gives_autograd_capable_clone_of_inference_tensor():
+def test_row_tensors_give_autograd_capable_clones_of_inference_tensors():
     with torch.inference_mode():
         c = [[torch.randn(1, 77, 768), {}]]
-    t = cond.single_tensor(c, "negative")
+    (t,) = cond.row_tensors(c, "negative")
     assert not t.is_inference()
     t.requires_grad_(True)
     (t * 2).sum().backward()
@@ -49,12 +56,13 @@ def test_single_tensor_gives_autograd_capable_clone_of_inference_tensor():
     ([], "expected a CONDITIONING"),
     ("text", "expected a CONDITIONING"),
     ([[torch.zeros(1, 77, 768), {}], [torch.zeros(1, 77, 768), {}]], "2 conditioning entries"),
-    ([[torch.zeros(2, 77, 768), {}]], r"\[1, tokens, dim\]"),
+    ([[torch.zeros(77, 768), {}]], r"\[rows, tokens, dim\]"),
+    ([[torch.zeros(0, 77, 768), {}]], r"\[rows, tokens, dim\]"),
     ([["not a tensor", {}]], "malformed"),
 ])
-def test_single_tensor_errors_name_the_problem(bad, msg):
+def test_row_tensors_errors_name_the_problem(bad, msg):
     with pytest.raises(RenegError, match=msg):
-        cond.single_tensor(bad, "negative")
+        cond.row_tensors(bad, "negative")
 
 
 def test_pooled_of():

@@ -2,7 +2,8 @@
 
 ``ReNegE2EProbe`` passes a MODEL through with a UNet wrapper that records the negative ("uncond") and positive
 ("cond") conditioning the sampler actually feeds the UNet, and writes the first of each it sees to
-``<output>/reneg_probe/<tag>.safetensors`` (with whether all uncond rows of the run were identical).
+``<output>/reneg_probe/<tag>.safetensors`` (with whether all uncond rows of the run were identical), plus every
+row of that first call (``negative_rows`` / ``positive_rows``: one per image of a latent batch).
 """
 import os
 
@@ -37,9 +38,10 @@ class ReNegE2EProbe:
 
                 first = seen[0][:1].contiguous()
                 same = all(torch.equal(s, first.expand_as(s)) for s in seen)
-                tensors = {"negative": first}
+                tensors = {"negative": first.clone(), "negative_rows": seen[0].clone()}  # rows: a latent batch
                 if positives:
-                    tensors["positive"] = positives[0][:1].contiguous()
+                    tensors["positive"] = positives[0][:1].clone()
+                    tensors["positive_rows"] = positives[0].clone()
                 save_file(tensors, os.path.join(out_dir, f"{tag}.safetensors"),
                           metadata={"all_identical": str(same), "calls": str(len(seen))})
             return apply_model(args["input"], args["timestep"], **c)

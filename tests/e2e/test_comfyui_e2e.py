@@ -253,6 +253,57 @@ def test_refine_to_ksampler(server):
     assert entry["outputs"]["preview"]["images"], "preview image missing"
 
 
+def test_refine_a_latent_batch_to_ksampler(server):
+    """A latent batch of two with one prompt per line: one Refine call refines a negative per row (row i for the
+    KSampler's noise of row i), the KSampler samples the batch with the B-row positive and negative, Save ReNeg
+    Embedding writes one file per row, and guaranteed_image holds the refinement's own render of each row."""
+    tag = "refine_batch"
+    prompts = ["a red car on a bridge", PROMPT]
+    graph = {**base_graph(tag), **sampler(["refine", 1], tag, seed=5),
+             "neg": load_node("e2e_random.safetensors"),
+             "reward": reward_node(),
+             "refine": {"class_type": "ReNegRefine", "inputs": {
+                 "model": ["ckpt", 0], "clip": ["ckpt", 1], "vae": ["ckpt", 2], "negative": ["neg", 0],
+                 "reward": ["reward", 0], "prompt": "\n".join(prompts), "seed": 5,
+                 "sampling_steps": SAMPLING_STEPS, "cfg": 7.5, "width": SIZE, "height": SIZE, "max_steps": 3,
+                 "patience": 3, "lr": 0.05, "latent": ["latent", 0]}},
+             "save_neg": {"class_type": "ReNegSaveEmbedding",
+                          "inputs": {"conditioning": ["refine", 1], "filename_prefix": "e2e_refined_batch"}},
+             "save_guaranteed": {"class_type": "SaveImage",
+                                 "inputs": {"images": ["refine", 3], "filename_prefix": "e2e_guaranteed"}}}
+    graph["latent"]["inputs"]["batch_size"] = 2
+    graph["ks"]["inputs"]["positive"] = ["refine", 0]
+    for i, text in enumerate(prompts):  # reference: CLIP Text Encode of each line
+        graph[f"pos{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["ckpt", 1]}}
+        graph[f"probe{i}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": f"{tag}_ref{i}"}}
+        graph[f"lat{i}"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
+        graph[f"ks{i}"] = {"class_type": "KSampler", "inputs": {
+            **graph["ks"]["inputs"], "model": [f"probe{i}", 0], "positive": [f"pos{i}", 0],
+            "negative": ["neg", 0], "latent_image": [f"lat{i}", 0]}}
+        graph[f"dec{i}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"ks{i}", 0], "vae": ["ckpt", 2]}}
+        graph[f"prev{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"dec{i}", 0]}}
+    entry = server.run(graph)
+    report = json.loads(entry["outputs"]["refine"]["text"][0])
+    assert len(report["rows"]) == 2
+    for row in report["rows"]:
+        assert row["best_reward"] >= row["trace"][0] and all(math.isfinite(x) for x in row["trace"])
+    saved = [Path(p) for p in entry["outputs"]["save_neg"]["text"][0].splitlines()]
+    assert len(saved) == 2 and all(p.is_file() for p in saved)
+    refined = torch.cat([load_embedding(p).tensor for p in saved])
+    got_neg, meta = probe_tensor(server, tag, "negative_rows")
+    assert got_neg.shape == (2, 77, 768) and torch.equal(got_neg, refined)  # row i of the uncond = row i's negative
+    start = load_embedding(server.reneg_dir / "e2e_random.safetensors").tensor
+    for i, row in enumerate(report["rows"]):
+        assert (row["best_step"] == 0) == torch.equal(refined[i:i + 1], start)
+    got_pos, _ = probe_tensor(server, tag, "positive_rows")
+    for i in range(2):  # the batch positive: row i is CLIP Text Encode of line i, bit for bit
+        ref, _ = probe_tensor(server, f"{tag}_ref{i}", "positive")
+        assert torch.equal(got_pos[i:i + 1], ref)
+    assert not torch.equal(got_pos[0], got_pos[1])
+    assert len(entry["outputs"]["save_guaranteed"]["images"]) == 2
+    assert len(entry["outputs"]["save_img"]["images"]) == 2
+
+
 def test_train_three_steps_save_then_load(server):
     train_graph = {"ckpt": base_graph("x")["ckpt"], "reward": reward_node(),
                    "train": train_node("e2e_train", steps=3, preview_every=2),
