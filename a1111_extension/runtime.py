@@ -54,18 +54,12 @@ def model_hash() -> str:
                or id(m))
 
 
-def reward_dtype(device: torch.device) -> torch.dtype:
-    """fp32, whatever precision the webui runs the model in (ReNeg's rewards and their gradients are computed in
-    fp32; see :mod:`.fp32`)."""
-    return REWARD_DTYPE
-
-
 def load_reward(spec: str, device: torch.device):
     """Build (or reuse) the reward ``spec`` with the weights configured in Settings → ReNeg, in fp32 and scored
     with autocast off."""
     spec = (spec or settings.opt("reneg_default_reward") or "hpsv2.1").strip().lower()
     weights = {n: str(path) for n, path in check_reward(spec).items()}
-    dtype = reward_dtype(device)
+    dtype = REWARD_DTYPE  # fp32 whatever precision the webui runs the model in (see .fp32)
     key = (spec, tuple(sorted(weights.items())), str(device), str(dtype))
     if _reward_cache.get("key") == key:
         return _reward_cache["reward"]

@@ -75,7 +75,7 @@ def _json_loads(text: str):
     try:
         return json.loads(text)
     except RecursionError:
-        raise ValueError(f"nested deeper than Python can read") from None
+        raise ValueError("nested deeper than Python can read") from None
 
 
 def _parse_json(text: str, path: Path, group: str) -> list[PromptItem]:

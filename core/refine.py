@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .ddim import make_scheduler, sample_rows, take_rows
+from .ddim import make_scheduler, sample_rows
 from .embedding_io import check_compatible
 from .errors import RenegError
 from .model_boundary import DiffusionBackend
@@ -274,12 +274,11 @@ def refine_negative(backend: DiffusionBackend, reward: Reward, prompt: Optional[
     config = RefineConfig(max_steps=max_steps, patience=patience, lr=lr, weight_decay=weight_decay,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
                           width=width, last_k=last_k, mixed_precision=mixed_precision, selection=selection)
-    cb = None
-    if callback is not None:
-        def cb(k, total, scores, _preview):
-            callback(k, total, scores[0], None)
+    def cb(k, total, scores, _preview):
+        callback(k, total, scores[0], None)
     (result,) = refine_batch(backend, reward, [prompt], init_negative, [seed], config, conds=cond,
-                             step_indices=None if step_index is None else [step_index], callback=cb,
+                             step_indices=None if step_index is None else [step_index],
+                             callback=cb if callback is not None else None,
                              should_stop=should_stop, final_image=final_image)
     return result
 

@@ -35,7 +35,7 @@ from .outputs import CLI_CHOICES, OutputLock, RunChoices
 from .objective import draw_step_index, reneg_objective
 from .rewards.base import Reward
 from .training_log import log_paths, plot_rewards, write_csv
-from .train_outputs import check_output, clear_previews, train_outputs  # noqa: F401  (train_outputs: API)
+from .train_outputs import check_output, clear_previews
 
 MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Config fields that do not change the optimisation (may differ between a run and its resumption).
