@@ -306,7 +306,8 @@ def pixart_checks(released: str | None = None) -> dict:
 def build_pixart_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     """Random PixArt-α checkpoint that ComfyUI 0.3.64 detects as ``pixart_alpha``: ORIGINAL key layout
     (``t_block.1.weight``, ``y_embedder.*``, ``ar_embedder.*``), width 1152 / 16 heads (hard-coded by
-    ``comfy/model_detection.py``), depth 1, ``pos_embed`` of a 512-px model; the SD VAE under ``vae.`` (full size,
+    ``comfy/model_detection.py``), depth 1, no ``pos_embed`` (ComfyUI computes it), all under ``model.diffusion_model.``
+    (the prefix ``CheckpointLoaderSimple`` looks for); the SD VAE under ``vae.`` (full size,
     ComfyUI builds it from a fixed config); no text encoder (T5-XXL is 4.7B; the e2e uses a tiny one)."""
     from diffusers import AutoencoderKL, PixArtTransformer2DModel
     from safetensors.torch import save_file
@@ -324,6 +325,8 @@ def build_pixart_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
                         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
     sd = diffusers_pixart_to_original(transformer.state_dict(), 1, 1152)
     sd["y_embedder.y_embedding"] = torch.randn(120, 4096) / 4096 ** 0.5
+    # CheckpointLoaderSimple finds the transformer under ComfyUI's own checkpoint prefix (CheckpointSave's layout)
+    sd = {f"model.diffusion_model.{k}": v for k, v in sd.items()}
     for k, v in comfy.diffusers_convert.convert_vae_state_dict(vae.state_dict()).items():
         sd[f"vae.{k}"] = v
     sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
