@@ -277,8 +277,8 @@ class TrainGlobal(io.ComfyNode):
                         "steps to train further ('continue').",
             inputs=[
                 io.Model.Input("model", tooltip="The SD1.x/SD2.x or PixArt-α checkpoint's MODEL to train for."),
-                io.Clip.Input("clip", tooltip="The checkpoint's CLIP (PixArt-α: its T5-XXL): encodes the training "
-                                              "prompts (all once, before training)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP (PixArt-α: its T5-XXL, which encodes all "
+                                              "prompts once, before training): encodes the training prompts."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE: decodes the images the reward scores."),
                 Reward.Input("reward", tooltip="The reward to maximise (Load ReNeg Reward)."),
                 io.String.Input("prompts", multiline=True, default="",
