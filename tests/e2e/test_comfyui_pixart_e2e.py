@@ -210,3 +210,38 @@ def test_strength_blends_with_comfyuis_empty_prompt_which_is_diffusers_attended_
     assert float((empty.float() - diffusers_attended_positive(server, "")).abs().max()) < 1e-4
     released = load_embedding(RELEASED_PIXART).tensor[:, :1]
     assert torch.equal(s05, torch.lerp(empty, released, 0.5))
+
+
+@needs_released
+def test_browser_pixart_graph_runs_with_the_released_file_chosen(server):
+    """What a user sees: the PixArt graph opened in ComfyUI's real frontend (its API-format loader), the Load
+    ReNeg Embedding node showing the released PixArt file, Run pressed, the image shown. Screenshot:
+    ``outputs/screenshots/comfyui/20_pixart_after_run.png``."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs PyPI playwright for the browser test")
+    from test_comfyui_browser import CHROMIUM_ARGS, ComfyPage, chromium_path
+
+    graph = {**base_graph("px_browser"), **sampler(["neg", 0], "px_browser"), "neg": load_node(RELEASED_PIXART.name)}
+    pw = sync_api.sync_playwright().start()
+    chromium = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+    try:
+        comfy = ComfyPage(chromium, server).open()
+        comfy.js("async (g) => { await app.loadApiJson(g, 'reneg_pixart'); }", graph)
+        comfy.page.wait_for_timeout(800)
+        nodes = comfy.nodes()
+        load = next(n for n in nodes.values() if n["type"] == "ReNegLoadEmbedding")
+        widget = next(w for w in load["widgets"] if w["name"] == "embedding")
+        assert widget["value"] == RELEASED_PIXART.name and RELEASED_PIXART.name in widget["options"]["values"]
+        comfy.run_and_wait(timeout=900)
+        comfy.page.wait_for_timeout(1500)
+        comfy.fit_view()
+        shot = comfy.screenshot("20_pixart_after_run")
+        saved = next(n for n in comfy.nodes().values() if n["type"] == "SaveImage")
+        assert saved["images"] >= 1, "the SaveImage node shows no image after the run"
+        assert shot.stat().st_size > 10_000
+        assert not comfy.unexpected_errors(), comfy.unexpected_errors()
+        comfy.close()
+    finally:
+        chromium.close()
+        pw.stop()
+    got, _ = probe(server, "px_browser")
+    assert torch.equal(got["negative"], load_embedding(RELEASED_PIXART).tensor[:, :1])
