@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..core.embedding_io import check_compatible
 from ..core.errors import RenegError
 from ..core.refine import RefineConfig, refine_batch, refinement_step_index
 from .conditioning import fit_tokens, pooled_of
@@ -177,6 +178,8 @@ def refine_conditioning(model, vae, positive_rows: Sequence[list[Any]], negative
         tensor, _ = _entry(c, p)
         with torch.inference_mode(False):
             tensor = tensor.detach().to("cpu", torch.float32).clone()
+            if not pixart:  # e.g. a PixArt negative on an SD model: the family error, not a token-count one
+                check_compatible(init, int(tensor.shape[-1]), where="MODEL's CLIP")
             conds.append(full_rows(tensor, "positive") if pixart else fit_tokens(tensor, init.shape[1], "positive"))
     cond = torch.cat(conds)
     indices = batch_indices(latent, rows)

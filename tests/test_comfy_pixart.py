@@ -73,3 +73,13 @@ def test_save_pads_a_comfyui_pixart_conditioning_to_the_cli_form(tmp_path):
     assert emb.tensor.shape == (1, 120, 4096) and emb.metadata["family"] == "pixart-alpha"
     assert emb.metadata["attention_mask"] == "1" + "0" * 119
     assert torch.equal(embedding_run.load_for_clip(path, path.name, 4096, {}), rows)  # Save -> Load is lossless
+
+
+def test_refine_with_a_pixart_negative_on_an_sd_model_is_the_family_error():
+    from reneg.comfy_nodes import refine_run
+
+    positive = [[[torch.randn(1, 77, 768), {"pooled_output": None}]]]
+    negative = [[released_layout()[:, :1], {"pooled_output": None}]]  # what Load gives for the released file
+    with pytest.raises(IncompatibleEmbeddingError) as err:
+        refine_run.refine_conditioning(None, None, positive, negative, None, prompts=["a cat"])
+    assert "4096-wide" in str(err.value) and "PixArt" in str(err.value) and "768" in str(err.value)
