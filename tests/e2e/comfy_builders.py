@@ -300,6 +300,19 @@ def pixart_checks(released: str | None = None) -> dict:
                 "masked_rows_grad_max": float(ctx.grad[0, 1:].abs().max()),
             }
         backend.release()
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    from reneg.core.errors import RenegError
+
+    sigma_cfg = {**model.model.model_config.unet_config, "image_model": "pixart_sigma", "micro_condition": False}
+    sigma = comfy.model_patcher.ModelPatcher(
+        comfy.model_base.PixArt(comfy.supported_models.PixArtSigma(sigma_cfg), device="cpu").eval(), "cpu", "cpu")
+    try:
+        ComfyBackend(sigma, vae)
+        facts["sigma_error"] = None
+    except RenegError as exc:
+        facts["sigma_error"] = str(exc)
     return facts
 
 

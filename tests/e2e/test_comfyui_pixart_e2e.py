@@ -52,6 +52,7 @@ def test_comfyui_pixart_on_attended_rows_equals_diffusers_with_the_mask():
     assert a["model_output_max_abs_diff"] < 1e-5 and a["decode_max_abs_diff"] < 1e-5, a
     assert a["alphas_max_abs_diff"] < 1e-6, a  # ComfyUI's "sqrt_linear" betas == PixArt's linear betas
     assert a["context_grad_norm"] > 0 and a["masked_rows_grad_max"] == 0.0, a  # masked rows get no gradient
+    assert "pixart_sigma" in facts["sigma_error"] and "PixArt-α" in facts["sigma_error"]  # Σ: one clear refusal
 
 
 # --- the server -------------------------------------------------------------------------------------------------
