@@ -16,6 +16,8 @@ from ..core.embedding_io import check_compatible, load_embedding, save_embedding
 from ..core.errors import IncompatibleEmbeddingError, OutputError, RenegError
 from ..core.file_check import embedding_problem
 from . import files
+from ..core.pixart_backend import MAX_SEQUENCE_LENGTH
+from .pixart import T5_WIDTH, attended_rows, full_rows
 
 #: Tries when another save takes the free name first.
 SAVE_TRIES = 100
@@ -28,7 +30,8 @@ def file_problem(path: Optional[str | os.PathLike]) -> Optional[str]:
 
 def load_for_clip(path: str | os.PathLike, choice: str, width: int, released_usable: Mapping[str, Any]) -> torch.Tensor:
     """The embedding at ``path`` (dropdown entry ``choice``) if it fits a CLIP of ``width``; else one error that
-    names the released files that would fit."""
+    names the released files that would fit. A PixArt-α file (width 4096) comes back as its attended rows only
+    (``[1, k, 4096]``; the released file: ``[1, 1, 4096]``), the form ComfyUI's unmasked PixArt needs."""
     emb = load_embedding(path)
     try:
         check_compatible(emb.tensor, width, where="connected CLIP")
@@ -36,11 +39,18 @@ def load_for_clip(path: str | os.PathLike, choice: str, width: int, released_usa
         fits = files.released_for_width(released_usable, width)
         hint = f" Released files for this model: {', '.join(fits)}." if fits else ""
         raise IncompatibleEmbeddingError(f"{choice}: {exc}{hint}") from None
+    if width == T5_WIDTH:
+        return attended_rows(emb.tensor, emb.metadata)
     return emb.tensor
 
 
 def save_new(directory: str | os.PathLike, prefix: str, tensor: torch.Tensor, **metadata) -> Path:
-    """Save ``tensor`` as the first free ``<directory>/<prefix>_NNNNN.safetensors`` (never replacing a file)."""
+    """Save ``tensor`` as the first free ``<directory>/<prefix>_NNNNN.safetensors`` (never replacing a file).
+
+    A PixArt conditioning (4096 wide, attended rows only) is saved as the 120-row form the CLI and the Load node
+    read: zero rows after its own, ``attention_mask`` metadata saying which rows are attended."""
+    if tensor.shape[-1] == T5_WIDTH and tensor.shape[-2] < MAX_SEQUENCE_LENGTH:
+        tensor = full_rows(tensor, "Save ReNeg Embedding")
     for _ in range(SAVE_TRIES):
         path = files.next_free_path(directory, prefix)
         try:

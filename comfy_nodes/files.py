@@ -39,18 +39,19 @@ def register_folders(folder_paths, pack_embeddings_dir: str | os.PathLike) -> No
         folder_paths.folder_names_and_paths[name] = (current, set(extensions))
 
 
-#: Released-embedding families the nodes can use (SD1.x / SD2.x UNets); PixArt-α needs a transformer model.
-NODE_FAMILIES = frozenset({"sd1", "sd2"})
+#: Released-embedding families the nodes can use: SD1.x / SD2.x UNets and PixArt-α (ComfyUI's PixArt MODEL with
+#: its T5-XXL text encoder; see comfy_nodes/pixart.py).
+NODE_FAMILIES = frozenset({"sd1", "sd2", "pixart-alpha"})
 
 
 def usable_released(released: Mapping[str, Any]) -> dict[str, Any]:
-    """``{filename: entry}`` of the released embeddings an SD1.x/SD2.x graph can use (entries have ``family``)."""
+    """``{filename: entry}`` of the released embeddings a ComfyUI graph can use (entries have ``family``)."""
     return {name: e for name, e in released.items() if e.family in NODE_FAMILIES}
 
 
 def embedding_choices(found: Iterable[str], released: Mapping[str, Any]) -> list[str]:
     """Dropdown entries: files found in the embedding folders plus the usable released files (downloaded on
-    first use). Released files no SD1.x/SD2.x model can use are not offered, even when present on disk."""
+    first use). Released files of families no ComfyUI model here can use are not offered, even when on disk."""
     unusable = {name for name, e in released.items() if e.family not in NODE_FAMILIES}
     return sorted((set(found) | set(usable_released(released))) - unusable, key=str.lower)
 
@@ -72,7 +73,7 @@ def embedding_problem(choice: str, released: Mapping[str, Any], find_local: Call
     if entry is not None and entry.family not in NODE_FAMILIES:
         usable = ", ".join(sorted(usable_released(released)))
         return (f"'{name}' is a released embedding for another kind of model ({entry.base_model}), not "
-                f"SD1.x/SD2.x: these nodes cannot use it. Pick one of {usable}.")
+                f"SD1.x/SD2.x/PixArt-α: these nodes cannot use it. Pick one of {usable}.")
     if entry is not None or find_local(name) is not None:
         return None
     return (f"Embedding '{name}' not found in {list(directories)}. Put the file into models/reneg/, press R in "

@@ -17,6 +17,14 @@ Only imported inside a running ComfyUI (it imports ``comfy``). Why it looks the 
   ``VAE.decode`` (which preallocates, copies, may tile and returns BHWC).
 * ``model_options`` patches (attention/CFG hooks set by other nodes) are not applied on this path; weight patches
   (LoRA, merges) are, because they live in the loaded weights.
+* **PixArt-α** (``comfy.model_base.PixArt`` with ``image_model: pixart_alpha``): the transformer
+  (``comfy.ldm.pixart.pixartms.PixArtMS``) is called as ComfyUI's ``apply_model`` calls it: discrete timestep,
+  ``c_crossattn`` as context, and the micro-conditions ``c_size = [[H·8, W·8]]`` / ``c_ar = [[H/W]]`` that
+  ``PixArt.extra_conds`` adds (ComfyUI's sampler passes ``noise.shape·8`` as width/height); its ``forward``
+  already returns the ε half of the learned-sigma output. ComfyUI passes no attention mask, so the engine's
+  ``[B, 120, 4096]`` contexts (mask in-band, :func:`~..core.pixart_backend.attention_mask_of`) are run on their
+  attended rows only, rows with the same mask together (see :mod:`.pixart`). Prompts are encoded with the
+  graph's T5 (its CLIP input) once, before training, and padded with zero rows to 120.
 """
 from __future__ import annotations
 
@@ -28,7 +36,10 @@ import torch
 from torch.func import functional_call
 
 from ..core.errors import RenegError
+from ..core.pixart_backend import FAMILY as PIXART_FAMILY
+from ..core.pixart_backend import attention_mask_of
 from .conditioning import fit_tokens
+from .pixart import T5_WIDTH, full_rows
 
 log = logging.getLogger("reneg")
 
@@ -70,8 +81,19 @@ def prediction_type_of(model_sampling) -> str:
     raise RenegError(f"Unknown prediction type for {type(model_sampling).__name__}.")
 
 
+def is_pixart(model) -> bool:
+    """True for ComfyUI's PixArt MODEL (α or Σ: both are ``comfy.model_base.PixArt``)."""
+    base = getattr(model, "model", None)
+    if base is None:
+        return False
+    import comfy.model_base
+
+    return isinstance(base, comfy.model_base.PixArt)
+
+
 class ComfyBackend:
-    """SD1.x/SD2.x MODEL + VAE (+ CLIP for prompt encoding) of a running ComfyUI, with cloned frozen weights.
+    """SD1.x/SD2.x or PixArt-α MODEL + VAE (+ CLIP/T5 for prompt encoding) of a running ComfyUI, with cloned
+    frozen weights.
 
     Build it with :func:`prepared` (which also loads the models onto the device) and use it inside that block.
     """
@@ -83,16 +105,27 @@ class ComfyBackend:
         base = model.model
         self._base = base
         self._unet = base.diffusion_model
-        if not isinstance(self._unet, UNetModel):
-            raise RenegError(f"ReNeg needs an SD1.x/SD2.x UNet; this MODEL is a {type(self._unet).__name__} "
-                             f"({type(base).__name__}). Load an SD1.x or SD2.x checkpoint.")
         cfg = base.model_config.unet_config
-        if base.adm_channels or getattr(base, "concat_keys", ()) or cfg.get("in_channels", 4) != 4:
+        self.pixart = is_pixart(model)
+        if self.pixart:
+            if cfg.get("image_model") != "pixart_alpha":
+                raise RenegError(f"This PixArt MODEL is {cfg.get('image_model')!r} (ComfyUI detects PixArt-Σ, and "
+                                 "PixArt-α checkpoints without micro-conditions, as pixart_sigma): ReNeg supports "
+                                 "PixArt-α (e.g. PixArt-XL-2-1024-MS) and SD1.x/SD2.x.")
+            self.family = PIXART_FAMILY
+        elif not isinstance(self._unet, UNetModel):
+            raise RenegError(f"ReNeg needs an SD1.x/SD2.x UNet or PixArt-α; this MODEL is a "
+                             f"{type(self._unet).__name__} ({type(base).__name__}). Load an SD1.x, SD2.x or "
+                             "PixArt-α checkpoint.")
+        elif base.adm_channels or getattr(base, "concat_keys", ()) or cfg.get("in_channels", 4) != 4:
             raise RenegError(f"{type(base).__name__} needs extra inputs (SDXL/unCLIP/inpaint/upscale models): "
                              "ReNeg supports plain text-to-image SD1.x/SD2.x checkpoints.")
+        else:
+            self.family = "sd"
         if vae is None or getattr(vae, "first_stage_model", None) is None:
             raise RenegError("The VAE input is empty or invalid: connect the checkpoint's VAE (or a VAE loader).")
-        self.context_dim = int(cfg["context_dim"])
+        self.context_dim = (int(self._unet.y_embedder.y_proj.fc1.weight.shape[1]) if self.pixart
+                            else int(cfg["context_dim"]))
         self.latent_channels = int(base.latent_format.latent_channels)
         self.vae_scale_factor = int(getattr(vae, "downscale_ratio", 8))
         # get_model_object sees object patches (e.g. the ModelSamplingDiscrete node's v-prediction/zsnr)
@@ -101,6 +134,7 @@ class ComfyBackend:
         self._unet_params: dict[str, torch.Tensor] | None = None
         self._vae_params: dict[str, torch.Tensor] | None = None
         self._decoder = _DecodeOnly(vae.first_stage_model)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
 
     # --- DiffusionBackend properties -------------------------------------------------------------------------
     @property
@@ -143,8 +177,36 @@ class ComfyBackend:
         t = torch.as_tensor(timestep, device=device, dtype=torch.float32).reshape(-1)
         if t.numel() == 1:
             t = t.expand(latents.shape[0])
+        if self.pixart:
+            return self._pixart_output(latents.to(device, dtype), t, context.to(device, dtype))
         out = functional_call(self._unet, self._unet_params, (latents.to(device, dtype), t),
                               {"context": context.to(device, dtype), "transformer_options": {}})
+        return out.float()
+
+    def cache_prompts(self, prompts: Sequence[str]) -> None:
+        """PixArt: encode the prompts not cached yet with the T5 (CPU fp32 cache), so training never calls the
+        4.7B encoder again after its first step (ComfyUI's model management may then offload it)."""
+        for p in dict.fromkeys(prompts):
+            if p not in self._prompt_cache:
+                self._prompt_cache[p] = full_rows(encode_t5(self.clip, p), "The CLIP input").to("cpu")
+
+    def _pixart_output(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """ε of ComfyUI's PixArtMS with each row's attended context rows only (same mask = one call)."""
+        masks = attention_mask_of(context)
+        groups: dict[tuple, list[int]] = {}
+        for i, m in enumerate(masks.tolist()):
+            groups.setdefault(tuple(m), []).append(i)
+        h, w = x.shape[-2], x.shape[-1]
+        parts, order = [], []
+        for rows in groups.values():
+            idx = torch.tensor(rows, device=x.device)
+            n = len(rows)
+            kwargs = {"context": context[idx][:, masks[rows[0]]],
+                      "c_size": torch.tensor([[h * 8.0, w * 8.0]], device=x.device, dtype=x.dtype).expand(n, 2),
+                      "c_ar": torch.tensor([[h / w]], device=x.device, dtype=x.dtype).expand(n, 1)}
+            parts.append(functional_call(self._unet, self._unet_params, (x[idx], t[idx]), kwargs))
+            order += rows
+        out = torch.cat(parts)[torch.argsort(torch.tensor(order, device=x.device))]
         return out.float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -155,8 +217,13 @@ class ComfyBackend:
         return ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0).to(latents.device)
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """``[len(prompts), 77, D]`` from the connected CLIP (first 77-token chunk of long prompts)."""
-        conds = [encode_text(self.clip, p)[0] for p in prompts]
+        """``[len(prompts), 77, D]`` from the connected CLIP (first 77-token chunk of long prompts); PixArt:
+        ``[len(prompts), 120, 4096]`` from the connected T5, zero rows after each prompt's own tokens."""
+        if self.pixart:
+            self.cache_prompts(prompts)
+            conds = [self._prompt_cache[p] for p in prompts]
+        else:
+            conds = [encode_text(self.clip, p)[0] for p in prompts]
         return torch.cat(conds).to(self.device, self.dtype)
 
 
@@ -173,6 +240,31 @@ def encode_text(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         cond = fit_tokens(cond, CHUNK_TOKENS, "CLIP conditioning").detach().clone().float()
         pooled = pooled.detach().clone().float() if isinstance(pooled, torch.Tensor) else None
     return cond, pooled
+
+
+def encode_t5(clip, text: str) -> torch.Tensor:
+    """``[1, L, 4096]`` fp32 normal tensor: ``text`` encoded by a PixArt T5 CLIP exactly as *CLIP Text Encode* does
+    (no padding: the rows diffusers attends to)."""
+    if clip is None:
+        raise RenegError("This needs a CLIP input (text encoder): connect PixArt's T5-XXL (Load CLIP, type pixart).")
+    cond = clip.encode_from_tokens(clip.tokenize(text))
+    if cond.shape[-1] != T5_WIDTH:
+        raise RenegError(f"The CLIP input gives {cond.shape[-1]}-wide conditioning; a PixArt-α MODEL needs its "
+                         "T5-XXL text encoder (Load CLIP, type pixart).")
+    with torch.inference_mode(False):
+        return cond.detach().clone().float()
+
+
+def empty_conditioning(clip) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CLIP's empty-prompt conditioning: SD ``[1,77,D]`` + pooled (:func:`encode_text`); a PixArt T5
+    ``[1, L, 4096]`` (its own tokens, unpadded) and None."""
+    if clip is None:
+        raise RenegError("This needs a CLIP input (text encoder): connect the checkpoint's CLIP (PixArt: its T5-XXL).")
+    cond = clip.encode_from_tokens(clip.tokenize(""))
+    if cond.shape[-1] == T5_WIDTH:
+        with torch.inference_mode(False):
+            return cond.detach().clone().float(), None
+    return encode_text(clip, "")
 
 
 @contextmanager

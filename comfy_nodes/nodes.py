@@ -23,7 +23,8 @@ from ..core.rewards.weights import REWARDS_DIR_ENV
 from ..core.train import TrainConfig
 from . import embedding_run, files, train_modes
 from .conditioning import apply_strength, pack, row_tensors
-from .model_adapter import encode_text
+from .model_adapter import empty_conditioning
+from .pixart import T5_WIDTH, attended_rows
 
 log = logging.getLogger("reneg")
 CATEGORY = "conditioning/reneg"
@@ -79,7 +80,7 @@ class LoadEmbedding(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         found = folder_paths.get_filename_list(files.EMBEDDING_FOLDER)
         released = _released_usable()
-        by_width = {w: ", ".join(files.released_for_width(released, w)) for w in (768, 1024)}
+        by_width = {w: ", ".join(files.released_for_width(released, w)) for w in (768, 1024, T5_WIDTH)}
         return io.Schema(
             node_id="ReNegLoadEmbedding",
             display_name="Load ReNeg Embedding",
@@ -91,14 +92,17 @@ class LoadEmbedding(io.ComfyNode):
                 io.Combo.Input("embedding", options=files.embedding_choices(found, _released_by_filename()),
                                tooltip="A ReNeg embedding from models/reneg/ (press R after adding files). It "
                                        "must match the checkpoint: released files for SD1.x models: "
-                                       f"{by_width[768]}; for SD2.x (768-v) models: {by_width[1024]}."),
+                                       f"{by_width[768]}; for SD2.x (768-v) models: {by_width[1024]}; for "
+                                       f"PixArt-α: {by_width[T5_WIDTH]} (given to the KSampler as the rows "
+                                       "PixArt attends to)."),
                 io.Float.Input("strength", default=1.0, min=-1.0, max=3.0, step=0.05,
                                tooltip="Blend with the empty-prompt negative: 0 = plain empty prompt, 1 = the "
                                        "embedding as trained."),
                 io.Clip.Input("clip",
-                              tooltip="The checkpoint's CLIP: the embedding is checked against the model family "
-                                      "(a mismatch is an error here, not deep inside the sampler) and strength "
-                                      "blends with its empty prompt."),
+                              tooltip="The checkpoint's CLIP (PixArt-α: its T5-XXL, Load CLIP type pixart): the "
+                                      "embedding is checked against the model family (a mismatch is an error "
+                                      "here, not deep inside the sampler) and strength blends with its empty "
+                                      "prompt."),
             ],
             outputs=[io.Conditioning.Output(display_name="negative")],
         )
@@ -125,8 +129,12 @@ class LoadEmbedding(io.ComfyNode):
         if clip is None:
             raise RenegError("Load ReNeg Embedding needs the CLIP input: connect the checkpoint's CLIP.")
         path = resolve_embedding(embedding)
-        null, pooled = encode_text(clip, "")
+        null, pooled = empty_conditioning(clip)
         tensor = embedding_run.load_for_clip(path, embedding, int(null.shape[-1]), _released_usable())
+        if null.shape[-1] == T5_WIDTH and strength != 1.0 and null.shape != tensor.shape:
+            raise RenegError(f"{embedding} attends {tensor.shape[1]} rows but PixArt's empty prompt attends "
+                             f"{null.shape[1]}: strength can only blend negatives of the empty prompt's layout "
+                             "(e.g. the released file). Set strength to 1.")
         tensor = apply_strength(tensor, null, strength)
         return io.NodeOutput(pack(tensor, pooled))
 
@@ -185,8 +193,9 @@ class Refine(io.ComfyNode):
                         "its reward is never below the start negative's (a KSampler with another sampler can "
                         "differ).",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x/SD2.x checkpoint's MODEL (the one the KSampler uses)."),
-                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the prompt(s)."),
+                io.Model.Input("model", tooltip="The SD1.x/SD2.x or PixArt-α checkpoint's MODEL (the one the "
+                                                "KSampler uses)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP (PixArt-α: its T5-XXL): encodes the prompt(s)."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE: decodes the images the reward scores."),
                 io.Conditioning.Input("negative", tooltip="The negative to start from (e.g. Load ReNeg "
                                                           "Embedding); the same start for every row."),
@@ -267,8 +276,9 @@ class TrainGlobal(io.ComfyNode):
                         "curve) every save_every steps, on interrupt and at the end. Run it again with more "
                         "steps to train further ('continue').",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x/SD2.x checkpoint's MODEL to train for."),
-                io.Clip.Input("clip", tooltip="The checkpoint's CLIP: encodes the training prompts."),
+                io.Model.Input("model", tooltip="The SD1.x/SD2.x or PixArt-α checkpoint's MODEL to train for."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP (PixArt-α: its T5-XXL, which encodes all "
+                                              "prompts once, before training): encodes the training prompts."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE: decodes the images the reward scores."),
                 Reward.Input("reward", tooltip="The reward to maximise (Load ReNeg Reward)."),
                 io.String.Input("prompts", multiline=True, default="",
@@ -342,7 +352,10 @@ class TrainGlobal(io.ComfyNode):
         plan = train_modes.plan_run(_embedding_dirs()[0], save_name, if_exists, config, prompt_list)
         result = train_embedding(model, clip, vae, reward, prompt_list, plan, config)
         out = plan.out
-        return io.NodeOutput(pack(result.negative), reward_curve_image(out),
+        negative = result.negative
+        if negative.shape[-1] == T5_WIDTH:  # PixArt: the KSampler gets the attended rows (comfy_nodes/pixart.py)
+            negative = attended_rows(negative.detach().cpu().float())
+        return io.NodeOutput(pack(negative), reward_curve_image(out),
                              ui=ui.PreviewText(f"{plan.describe(result.total_steps)}: saved {out} after "
                                                f"{result.step}/{result.total_steps} steps"))
 

@@ -19,10 +19,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..core.embedding_io import check_compatible
 from ..core.errors import RenegError
 from ..core.refine import RefineConfig, refine_batch, refinement_step_index
 from .conditioning import fit_tokens, pooled_of
-from .model_adapter import prepared
+from .model_adapter import is_pixart, prepared
+from .pixart import attended_batch, full_rows
 from .progress import Reporter, bchw_to_comfy_image, comfy_reporter
 
 
@@ -168,11 +170,17 @@ def refine_conditioning(model, vae, positive_rows: Sequence[list[Any]], negative
     if rows == 0 or len(positive_rows) != rows:
         raise RenegError(f"Got {len(positive_rows)} positive conditionings for {rows} prompts.")
     init = negative_rows(negative, rows)
+    pixart = is_pixart(model)  # PixArt: ComfyUI's attended-rows conditionings -> the engine's 120 rows
+    if pixart:
+        init = full_rows(init, "negative")
     conds = []
     for c, p in zip(positive_rows, prompts):
         tensor, _ = _entry(c, p)
         with torch.inference_mode(False):
-            conds.append(fit_tokens(tensor.detach().to("cpu", torch.float32).clone(), init.shape[1], "positive"))
+            tensor = tensor.detach().to("cpu", torch.float32).clone()
+            if not pixart:  # e.g. a PixArt negative on an SD model: the family error, not a token-count one
+                check_compatible(init, int(tensor.shape[-1]), where="MODEL's CLIP")
+            conds.append(full_rows(tensor, "positive") if pixart else fit_tokens(tensor, init.shape[1], "positive"))
     cond = torch.cat(conds)
     indices = batch_indices(latent, rows)
     if latent is not None:
@@ -212,4 +220,5 @@ def refine_conditioning(model, vae, positive_rows: Sequence[list[Any]], negative
     info = [{"row": b, "batch_index": indices[b], "prompt": r.prompt, "trace": [float(x) for x in r.trace],
              "best_step": int(r.best_step), "start_reward": float(r.start_reward),
              "best_reward": float(r.best_reward), "step_index": int(r.step_index)} for b, r in enumerate(results)]
-    return NodeRefineResult(pack_rows(best, negative), best, bchw_to_comfy_image(images), info)
+    return NodeRefineResult(pack_rows(attended_batch(best) if pixart else best, negative), best,
+                            bchw_to_comfy_image(images), info)

@@ -28,6 +28,8 @@ def train_embedding(model, clip, vae, reward, prompts: Sequence[str], plan: Trai
         reporter.step(plan.done_steps)  # the bar starts where the saved run stopped
     with prepared(model, vae, clip, name=model_title(model)) as backend:
         reward = reward.to(backend.device)
+        if backend.pixart:  # all T5 encodings up front (cached on the CPU): the T5 is not needed while training
+            backend.cache_prompts([""] + list(prompts))
 
         def progress(step: int, total: int, mean_reward: float, preview: Optional[torch.Tensor]) -> None:
             reporter.step(step, preview)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -106,15 +107,17 @@ def released_registry():
 def test_embedding_choices_merge_found_and_usable_released():
     found = ["mine_00001.safetensors", "sd1.5_reneg_emb.bin", "sub/B.safetensors", "pixart-alpha_reneg_emb.bin"]
     assert files.embedding_choices(found, released_registry()) == [
-        "mine_00001.safetensors", "sd1.4_reneg_emb.bin", "sd1.5_reneg_emb.bin", "sd2.1_reneg_emb.bin",
-        "sub/B.safetensors"]  # PixArt-α's file fits no SD1.x/SD2.x model: never offered, even on disk
+        "mine_00001.safetensors", "pixart-alpha_reneg_emb.bin", "sd1.4_reneg_emb.bin", "sd1.5_reneg_emb.bin",
+        "sd2.1_reneg_emb.bin", "sub/B.safetensors"]  # PixArt-α's file: offered (ComfyUI's PixArt MODEL uses it)
+    other = {**released_registry(), "xl.bin": SimpleNamespace(family="sdxl", base_model="SDXL", shape=(1, 77, 2048))}
+    assert "xl.bin" not in files.embedding_choices(found + ["xl.bin"], other)  # a family no node can use
 
 
 def test_released_for_width_names_the_files_of_a_family():
     reg = released_registry()
     assert files.released_for_width(reg, 768) == ["sd1.4_reneg_emb.bin", "sd1.5_reneg_emb.bin"]
     assert files.released_for_width(reg, 1024) == ["sd2.1_reneg_emb.bin"]
-    assert files.released_for_width(reg, 4096) == []
+    assert files.released_for_width(reg, 4096) == ["pixart-alpha_reneg_emb.bin"]
 
 
 def test_embedding_problem_is_the_queue_time_check(tmp_path):
@@ -125,8 +128,10 @@ def test_embedding_problem_is_the_queue_time_check(tmp_path):
     assert files.embedding_problem("sd2.1_reneg_emb.bin", reg, find, [tmp_path]) is None  # downloaded on use
     missing = files.embedding_problem("gone.safetensors", reg, find, [tmp_path])
     assert "'gone.safetensors' not found" in missing and "models/reneg/" in missing and "press R" in missing
-    pixart = files.embedding_problem("pixart-alpha_reneg_emb.bin", reg, find, [tmp_path])
-    assert "another kind of model" in pixart and "sd1.5_reneg_emb.bin" in pixart
+    assert files.embedding_problem("pixart-alpha_reneg_emb.bin", reg, find, [tmp_path]) is None
+    reg["xl.bin"] = SimpleNamespace(family="sdxl", base_model="SDXL", shape=(1, 77, 2048))
+    other = files.embedding_problem("xl.bin", reg, find, [tmp_path])
+    assert "another kind of model" in other and "sd1.5_reneg_emb.bin" in other
     assert "Invalid embedding name" in files.embedding_problem("../x.bin", reg, find, [tmp_path])
 
 

@@ -12,6 +12,8 @@ Command line (used by the tests as a subprocess so pytest never imports ``comfy`
     python comfy_builders.py checkpoint OUT.safetensors
     python comfy_builders.py refine-equivalence OUT_DIR --json '{"prompt": ..., "seed": ...}'
     python comfy_builders.py adapter-checks
+    python comfy_builders.py pixart-checkpoint OUT.safetensors
+    python comfy_builders.py pixart-checks [--released pixart-alpha_reneg_emb.bin]
 """
 from __future__ import annotations
 
@@ -184,6 +186,171 @@ def build_sd15_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     return path
 
 
+# --- PixArt-α -------------------------------------------------------------------------------------------------
+def diffusers_pixart_to_original(state_dict: dict, depth: int, hidden: int) -> dict:
+    """A diffusers ``PixArtTransformer2DModel`` state dict in the ORIGINAL PixArt key layout (``t_block.1``,
+    ``y_embedder.*``, ``blocks.N.attn.qkv``) with ComfyUI's own map (``comfy.utils.pixart_to_diffusers``)."""
+    import comfy.utils
+
+    mapping = comfy.utils.pixart_to_diffusers({"depth": depth, "hidden_size": hidden})
+    out, slices, leftover = {}, {}, []
+    for k, v in state_dict.items():
+        target = mapping.get(k)
+        if k == "pos_embed.pos_embed":
+            out["pos_embed"] = v  # the fixed sin-cos table (ComfyUI recomputes it; detection reads its size)
+        elif target is None:
+            leftover.append(k)
+        elif isinstance(target, str):
+            out[target] = v
+        else:
+            name, (dim, start, _length) = target
+            slices.setdefault(name, []).append((start, dim, v))
+    for name, parts in slices.items():
+        out[name] = torch.cat([v for _, _, v in sorted(parts, key=lambda p: p[0])], dim=parts[0][1])
+    if leftover:
+        raise ValueError(f"PixArt keys ComfyUI's map does not know: {sorted(leftover)[:5]}")
+    return out
+
+
+def comfy_pixart_from_diffusers(transformer):
+    """A ComfyUI ``ModelPatcher`` (``model_base.PixArt``, PixArt-α) holding a diffusers PixArt's exact weights."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    c = transformer.config
+    hidden = c.num_attention_heads * c.attention_head_dim
+    cfg = {"image_model": "pixart_alpha", "hidden_size": hidden, "num_heads": c.num_attention_heads,
+           "depth": c.num_layers, "patch_size": c.patch_size, "in_channels": c.in_channels,
+           "input_size": c.sample_size, "pe_interpolation": max(c.sample_size // 64, 1),  # detection's guess
+           "micro_condition": bool(transformer.use_additional_conditions), "model_max_length": 120,
+           "caption_channels": c.caption_channels, "dtype": torch.float32}
+    model_config = comfy.supported_models.PixArtAlpha(cfg)
+    model_config.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.PixArt(model_config, device="cpu").eval()  # as supported_models.get_model
+    sd = diffusers_pixart_to_original({k: v.detach().clone() for k, v in transformer.state_dict().items()},
+                                      c.num_layers, hidden)
+    sd.pop("pos_embed", None)
+    missing, unexpected = base.diffusion_model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k != "y_embedder.y_embedding"]  # training-time token drop only
+    if missing or unexpected:
+        raise ValueError(f"PixArt load mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def pixart_checks(released: str | None = None) -> dict:
+    """ComfyUI's PixArt (attended rows only, no mask) vs diffusers' ``PixArtTransformer2DModel`` (120 rows + mask)
+    on tiny-pixart's weights, and :class:`ComfyBackend` on that MODEL vs the CLI's ``PixArtBackend``."""
+    comfy_on_path()
+    load_pack()
+    from reneg.comfy_nodes.model_adapter import ComfyBackend
+    from reneg.comfy_nodes.pixart import attended_rows
+    from reneg.core.embedding_io import load_embedding
+    from reneg.core.pixart_backend import attention_mask_of
+    from reneg.core.tiny_pixart import load_tiny_pixart_backend
+
+    ref = load_tiny_pixart_backend(fresh=True)
+    model = comfy_pixart_from_diffusers(ref.transformer)
+    vae = comfy_vae_from_diffusers(ref.vae)
+    gen = torch.Generator().manual_seed(0)
+    side = ref.transformer.config.sample_size  # ComfyUI's and diffusers' sin-cos tables agree at the native size
+    x = torch.randn(2, 4, side, side, generator=gen)
+    if released:
+        negative = load_embedding(released).tensor
+    else:  # the released layout: row 0 and 119 identical rows
+        row0, row1 = torch.randn(1, 1, 4096, generator=gen), torch.randn(1, 1, 4096, generator=gen)
+        negative = torch.cat([row0, row1.expand(1, 119, 4096)], dim=1)
+    prompt = ref.encode_prompts(["a photo of a red fox in the snow"]).float()  # padded rows zeroed
+    facts: dict = {"negative_source": released or "synthetic", "latent_side": side}
+    unet = model.model.diffusion_model
+    with torch.no_grad():
+        for name, ctx in (("released_negative", negative), ("prompt", prompt)):
+            mask = attention_mask_of(ctx)
+            rows = attended_rows(ctx)
+            t = torch.tensor([999.0, 500.0])
+            hw = torch.tensor([[side * 8.0, side * 8.0]]).repeat(2, 1)
+            ar = torch.tensor([[1.0]]).repeat(2, 1)
+            want = ref.transformer(x, encoder_hidden_states=ctx.expand(2, -1, -1),
+                                   encoder_attention_mask=mask.expand(2, -1).long(), timestep=t.long(),
+                                   added_cond_kwargs={"resolution": hw, "aspect_ratio": ar},
+                                   return_dict=False)[0].chunk(2, dim=1)[0]
+            got = unet(x, t, context=rows.expand(2, -1, -1), c_size=hw, c_ar=ar)
+            unmasked = unet(x, t, context=ctx.expand(2, -1, -1), c_size=hw, c_ar=ar)
+            facts[name] = {"attended_rows": int(rows.shape[1]),
+                           "max_abs_diff": float((got - want).abs().max()),
+                           "max_abs_output": float(want.abs().max()),
+                           "all_rows_unmasked_max_abs_diff": float((unmasked - want).abs().max())}
+    with torch.inference_mode(False), torch.enable_grad():
+        backend = ComfyBackend(model, vae).load()
+        ctx = torch.cat([negative, prompt]).clone().requires_grad_(True)  # two rows, two different masks
+        out = {t: backend.model_output(x, t, ctx) for t in (999, 500, 1)}
+        out[500].square().mean().backward()
+        with torch.no_grad():
+            small = torch.randn(1, 4, 16, 16, generator=gen)
+            facts["adapter"] = {
+                "family": backend.family, "context_dim": backend.context_dim,
+                "prediction_type": backend.prediction_type,
+                "model_output_max_abs_diff": max(float((out[t] - ref.model_output(x, t, ctx)).abs().max())
+                                                 for t in out),
+                "decode_max_abs_diff": float((backend.decode(small) - ref.decode(small)).abs().max()),
+                "alphas_max_abs_diff": float((backend.alphas_cumprod - ref.alphas_cumprod).abs().max()),
+                "context_grad_norm": float(ctx.grad.norm()),
+                "masked_rows_grad_max": float(ctx.grad[0, 1:].abs().max()),
+            }
+        backend.release()
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    from reneg.core.errors import RenegError
+
+    sigma_cfg = {**model.model.model_config.unet_config, "image_model": "pixart_sigma", "micro_condition": False}
+    sigma = comfy.model_patcher.ModelPatcher(
+        comfy.model_base.PixArt(comfy.supported_models.PixArtSigma(sigma_cfg), device="cpu").eval(), "cpu", "cpu")
+    try:
+        ComfyBackend(sigma, vae)
+        facts["sigma_error"] = None
+    except RenegError as exc:
+        facts["sigma_error"] = str(exc)
+    return facts
+
+
+def build_pixart_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Random PixArt-α checkpoint that ComfyUI 0.3.64 detects as ``pixart_alpha``: ORIGINAL key layout
+    (``t_block.1.weight``, ``y_embedder.*``, ``ar_embedder.*``), width 1152 / 16 heads (hard-coded by
+    ``comfy/model_detection.py``), depth 1, no ``pos_embed`` (ComfyUI computes it), all under ``model.diffusion_model.``
+    (the prefix ``CheckpointLoaderSimple`` looks for); the SD VAE under ``vae.`` (full size,
+    ComfyUI builds it from a fixed config); no text encoder (T5-XXL is 4.7B; the e2e uses a tiny one)."""
+    from diffusers import AutoencoderKL, PixArtTransformer2DModel
+    from safetensors.torch import save_file
+
+    import comfy.diffusers_convert
+
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=1,
+        cross_attention_dim=1152, sample_size=64, patch_size=2, caption_channels=4096,
+        norm_type="ada_norm_single", num_embeds_ada_norm=1000, activation_fn="gelu-approximate",
+        attention_bias=True, norm_elementwise_affine=False, norm_eps=1e-6, use_additional_conditions=True)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
+    sd = diffusers_pixart_to_original(transformer.state_dict(), 1, 1152)
+    sd["y_embedder.y_embedding"] = torch.randn(120, 4096) / 4096 ** 0.5
+    # CheckpointLoaderSimple finds the transformer under ComfyUI's own checkpoint prefix (CheckpointSave's layout)
+    sd = {f"model.diffusion_model.{k}": v for k, v in sd.items()}
+    for k, v in comfy.diffusers_convert.convert_vae_state_dict(vae.state_dict()).items():
+        sd[f"vae.{k}"] = v
+    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    save_file(sd, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
 # --- refine equivalence --------------------------------------------------------------------------------------
 def refine_equivalence(out_dir: str | os.PathLike, model: str = "tiny", **kw) -> dict:
     """Run the ReNeg Refine node's code on ComfyUI copies of the CLI's tiny model; write inputs and result.
@@ -276,10 +443,18 @@ def main(argv=None) -> int:
     r.add_argument("out_dir")
     r.add_argument("--json", required=True, help="refine keyword arguments as JSON")
     sub.add_parser("adapter-checks")
+    pc = sub.add_parser("pixart-checkpoint")
+    pc.add_argument("out")
+    px = sub.add_parser("pixart-checks")
+    px.add_argument("--released", default=None, help="the released pixart-alpha_reneg_emb.bin, if available")
     args = p.parse_args(argv)
     comfy_on_path()
     if args.cmd == "checkpoint":
         print(build_sd15_checkpoint(args.out))
+    elif args.cmd == "pixart-checkpoint":
+        print(build_pixart_checkpoint(args.out))
+    elif args.cmd == "pixart-checks":
+        print(json.dumps(pixart_checks(args.released)))
     elif args.cmd == "adapter-checks":
         print(json.dumps(adapter_checks()))
     else:

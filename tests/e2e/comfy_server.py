@@ -64,6 +64,19 @@ def ensure_checkpoint(cache_dir: Path) -> Path:
     return path
 
 
+PIXART_CHECKPOINT_NAME = "reneg_tiny_pixart_alpha.safetensors"
+#: Bump when build_pixart_checkpoint changes.
+PIXART_CHECKPOINT_VERSION = "1"
+
+
+def ensure_pixart_checkpoint(cache_dir: Path) -> Path:
+    """Build the tiny PixArt-α checkpoint (~270 MB: one 1152-wide block + the SD VAE) once per cache folder."""
+    path = cache_dir / f"pixart-v{PIXART_CHECKPOINT_VERSION}" / PIXART_CHECKPOINT_NAME
+    if not path.is_file():
+        run_helper("pixart-checkpoint", str(path))
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +86,8 @@ def free_port() -> int:
 class ComfyServer:
     """``python main.py --cpu`` on a private base directory with this pack (and the probe pack) installed."""
 
-    def __init__(self, base_dir: Path, checkpoint: Path, embeddings: dict[str, Path]):
+    def __init__(self, base_dir: Path, checkpoint: Path, embeddings: dict[str, Path],
+                 checkpoint_name: str = CHECKPOINT_NAME):
         self.base = base_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -85,7 +99,7 @@ class ComfyServer:
         shutil.copy(HERE / "probe_node.py", probe / "__init__.py")
         ckpts = base_dir / "models" / "checkpoints"
         ckpts.mkdir(parents=True)
-        (ckpts / CHECKPOINT_NAME).symlink_to(checkpoint)
+        (ckpts / checkpoint_name).symlink_to(checkpoint)
         reneg_dir = base_dir / "models" / "reneg"
         reneg_dir.mkdir(parents=True)
         for name, src in embeddings.items():
