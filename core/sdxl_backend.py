@@ -253,7 +253,7 @@ def is_sdxl_model(model: str) -> bool:
     if path.is_file():
         return single_file_is_sdxl(path)
     name = model.lower()
-    return not path.exists() and model.count("/") == 1 and ("xl" in name.replace("pixart", ""))
+    return not path.exists() and model.count("/") == 1 and "xl" in name and "pixart" not in name
 
 
 def _offline_hint(model: str, single_file: bool) -> str:
@@ -291,7 +291,7 @@ def load_sdxl_backend(model: str, device: str | torch.device = "cpu", dtype: tor
             pipe = StableDiffusionXLPipeline.from_pretrained(model, **kwargs)
     except RenegError:
         raise
-    except (OSError, ValueError, EnvironmentError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, EnvironmentError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise MissingWeightsError(f"{_offline_hint(model, single)}\nCause: {str(exc).splitlines()[0][:300]}"
                                   ) from exc
     return from_pipeline(pipe, name=model).to(device=device, dtype=dtype)
