@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -243,8 +244,22 @@ def single_file_is_sdxl(path: Path) -> bool:
         return False
 
 
+def _hub_index_class(repo: str) -> str | None:
+    """The pipeline class in the *cached* ``model_index.json`` of a hub repo, or None when it is not cached (no
+    network here: offline, a hub request costs retries before the loader's own attempt)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo, "model_index.json")
+        return _index_class(Path(cached).parent) if isinstance(cached, str) else None
+    except Exception:  # a malformed repo id or cache: judge by the name
+        return None
+
+
 def is_sdxl_model(model: str) -> bool:
-    """``tiny-xl``, an SDXL diffusers folder, an SDXL single-file checkpoint, or a hub id naming XL."""
+    """``tiny-xl``, an SDXL diffusers folder, an SDXL single-file checkpoint, or a hub id of an SDXL pipeline
+    (by its cached ``model_index.json``, else by an ``xl`` / ``sdxl`` word in its name; an SDXL repo named
+    otherwise: download it and pass the folder)."""
     if model == TINY_XL:
         return True
     path = Path(os.path.expanduser(model))
@@ -252,8 +267,15 @@ def is_sdxl_model(model: str) -> bool:
         return _index_class(path).startswith("StableDiffusionXL")
     if path.is_file():
         return single_file_is_sdxl(path)
+    if path.exists() or model.count("/") != 1 or model.startswith((".", "/", "~")):
+        return False
     name = model.lower()
-    return not path.exists() and model.count("/") == 1 and "xl" in name and "pixart" not in name
+    if "pixart" in name:
+        return False
+    known = _hub_index_class(model)
+    if known is not None:
+        return known.startswith("StableDiffusionXL")
+    return "sdxl" in name or re.search(r"(?<![a-z])xl(?![a-z])", name) is not None
 
 
 def _offline_hint(model: str, single_file: bool) -> str:

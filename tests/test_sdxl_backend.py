@@ -208,12 +208,15 @@ def test_offline_sdxl_loading_is_one_clear_error(tmp_path, monkeypatch, kind):
         assert "RENEG_SDXL_CONFIG" in msg and "stabilityai/stable-diffusion-xl-base-1.0" in msg
 
 
-def test_sd_names_are_not_taken_for_sdxl(tmp_path):
+def test_sd_names_are_not_taken_for_sdxl(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from reneg.core.tiny_models import save_tiny_pipeline
 
     assert not is_sdxl_model("tiny") and not is_sdxl_model("tiny-pixart")
     assert not is_sdxl_model("stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert not is_sdxl_model("PixArt-alpha/PixArt-XL-2-512x512")
+    assert not is_sdxl_model("someone/flexlora-v1")  # "xl" inside a word is no SDXL name
+    assert is_sdxl_model("someone/my-sdxl-finetune") and is_sdxl_model("someone/animagine-xl-3.1")
     assert not is_sdxl_model(str(save_tiny_pipeline("tiny", tmp_path / "sd")))
     sd_file = tmp_path / "sd.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(sd_file))
