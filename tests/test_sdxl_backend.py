@@ -221,3 +221,22 @@ def test_sd_names_are_not_taken_for_sdxl(tmp_path, monkeypatch):
     sd_file = tmp_path / "sd.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(sd_file))
     assert not is_sdxl_model(str(sd_file))
+
+
+def test_info_and_convert_keep_the_pair(tmp_path, capsys):
+    import json
+
+    from reneg.core.cli import main
+
+    gen = torch.Generator().manual_seed(0)
+    pair = pack(torch.randn(1, 77, 2048, generator=gen), torch.randn(1, 1280, generator=gen))
+    src = save_embedding(tmp_path / "src.safetensors", pair, base_model="some SDXL fine-tune")
+    capsys.readouterr()
+    assert main(["info", str(src)]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["family"] == "sdxl" and facts["shape"] == [1, 77, 2048] and facts["pooled_shape"] == [1, 1280]
+    dst = tmp_path / "dst.safetensors"
+    assert main(["convert", str(src), str(dst)]) == 0
+    assert "[1, 77, 2048] + pooled [1, 1280] (sdxl)" in capsys.readouterr().out
+    converted = load_embedding(dst)
+    assert torch.equal(converted.tensor, pair) and converted.metadata["source_file"] == "src.safetensors"
