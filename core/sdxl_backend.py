@@ -144,7 +144,13 @@ class SDXLBackend:
                          return_dict=False)[0]
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Differentiable VAE decode to ``[0, 1]``; a ``force_upcast`` VAE runs in fp32 even under fp16 autocast
+        (``--mixed-precision fp16``), where the stock SDXL VAE would overflow to NaN."""
         vae = self.vae
+        if getattr(vae.config, "force_upcast", False) and vae.dtype == torch.float32 and torch.is_autocast_enabled(
+                latents.device.type):
+            with torch.autocast(device_type=latents.device.type, enabled=False):
+                return self.decode(latents.float())
         lat = latents.to(vae.dtype)
         mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
         if mean is not None and std is not None:

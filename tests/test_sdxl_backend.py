@@ -96,6 +96,8 @@ def test_vae_stays_fp32_under_fp16_and_decodes_finite():
     assert half.vae.dtype == torch.float32  # force_upcast, as StableDiffusionXLPipeline decodes
     image = half.decode(torch.randn(1, 4, 8, 8, dtype=torch.float16) * 30)
     assert image.dtype == torch.float32 and torch.isfinite(image).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the VAE still decodes in fp32
+        assert half.decode(torch.randn(1, 4, 8, 8) * 30).dtype == torch.float32
 
 
 # ------------------------------------------------------------------------------------------------- file format
