@@ -30,6 +30,10 @@ def load_for_clip(path: str | os.PathLike, choice: str, width: int, released_usa
     """The embedding at ``path`` (dropdown entry ``choice``) if it fits a CLIP of ``width``; else one error that
     names the released files that would fit."""
     emb = load_embedding(path)
+    if emb.pooled is not None:  # an SDXL pair: the ComfyUI SDXL conditioning is not built yet
+        from ..core.sdxl_backend import not_yet_in_host
+
+        raise IncompatibleEmbeddingError(not_yet_in_host(choice, "ComfyUI"))
     try:
         check_compatible(emb.tensor, width, where="connected CLIP")
     except IncompatibleEmbeddingError as exc:
