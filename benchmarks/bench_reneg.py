@@ -72,6 +72,42 @@ def build_sd15_backend(device: str, dtype: torch.dtype):
     return backend.to(dtype=dtype)
 
 
+def sdxl_configs() -> dict:
+    """diffusers/transformers configs of SDXL base 1.0 (UNet, VAE, CLIP ViT-L/14, OpenCLIP ViT-bigG/14)."""
+    unet = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816, norm_num_groups=32)
+    vae = dict(sd15_configs()["vae"], sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+    text = sd15_configs()["text"]
+    text_2 = dict(text, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                  hidden_act="gelu", projection_dim=1280)
+    return {"unet": unet, "vae": vae, "text": text, "text_2": text_2}
+
+
+def build_sdxl_backend(device: str, dtype: torch.dtype):
+    """Random-weight full-size SDXL base as an :class:`SDXLBackend` (VAE kept fp32 under fp16, as the pipeline)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from reneg.core.clip_tokenizer import offline_clip_tokenizer
+    from reneg.core.ddim import SD_DDIM_CONFIG
+    from reneg.core.sdxl_backend import SDXLBackend
+
+    cfg = sdxl_configs()
+    with torch.device(device):
+        mods = dict(unet=UNet2DConditionModel(**cfg["unet"]), vae=AutoencoderKL(**cfg["vae"]),
+                    text_encoder=CLIPTextModel(CLIPTextConfig(**cfg["text"])),
+                    text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_2"])))
+    scheduler = DDIMScheduler(**SD_DDIM_CONFIG, prediction_type="epsilon")
+    backend = SDXLBackend(**mods, tokenizer=offline_clip_tokenizer(), tokenizer_2=offline_clip_tokenizer("!"),
+                          scheduler=scheduler, name="SDXL base architecture (random weights)")
+    return backend.to(dtype=dtype)
+
+
 def build_vit_h_reward(device: str, dtype: torch.dtype):
     """An HPSv2-shaped reward: open_clip ViT-H-14 (random weights) with HPS preprocessing."""
     import open_clip

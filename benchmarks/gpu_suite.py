@@ -12,7 +12,10 @@ Rows (SD1.5 architecture, random weights — cost does not depend on values — 
 * ``refine_b1``: per-prompt refinement, 10 steps + final image, B=1 (target ≤ 3× one pipeline generation,
   peak memory ≤ 8 GB);
 * ``refine_batched``: batched refinement of 8 prompts, if this commit has ``core.refine.refine_batch``
-  (target ≤ 1.5× one generation per prompt).
+  (target ≤ 1.5× one generation per prompt);
+* ``sdxl_generation`` / ``sdxl_train_*``: SDXL base architecture (random weights, fp16 UNet, fp32 VAE), 1024²:
+  one CFG-DDIM generation with a ReNeg pair, and global-training throughput + peak memory at the ``--sdxl``
+  settings (default micro-batch 2 with gradient checkpointing; no target yet: the figures are the first).
 
 Writes ``<out>/gpu_suite.json`` (figures, ratios, date, GPU, torch version, git commit) and prints a table last.
 A row that fails is recorded with its error and the run goes on; the exit code is 1 if any row failed.
@@ -94,7 +97,54 @@ def build(cpu_smoke: bool):
             dtype, 512, 30)
 
 
-def run_suite(cpu_smoke: bool, repeats: int, train_settings: list[tuple[int, bool]], refine_steps: int = 10) -> dict:
+def build_sdxl(cpu_smoke: bool):
+    """(SDXL backend, image size) for the GPU run (full-size random weights) or the CPU check (``tiny-xl``)."""
+    if cpu_smoke:
+        from reneg.core.tiny_sdxl import load_tiny_sdxl_backend
+
+        return load_tiny_sdxl_backend(fresh=True), 64
+    return _bench_module().build_sdxl_backend("cuda", torch.float16), 1024
+
+
+def sdxl_rows(cpu_smoke: bool, reward, row: Callable, timer: "Timer", repeats: int, n: int, g: float,
+              settings: list[tuple[int, bool]], rows: dict) -> None:
+    """The SDXL rows (after the SD1.5 ones, whose backend is released first to leave the GPU to SDXL)."""
+    from reneg.core.train import TrainConfig, batch_latents, render, train_global
+
+    try:
+        backend, size = build_sdxl(cpu_smoke)
+    except Exception as exc:  # building must not lose the other rows' figures
+        rows["sdxl_generation"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        return
+    device = backend.device
+    cond = backend.encode_prompts([PROMPTS[0]])
+    negative = backend.encode_prompts_fp32(["blurry, low quality"]).to(device)
+    latents = batch_latents(backend, [0], size, size)
+    row("sdxl_generation", lambda: dict(timer.measure(lambda: render(backend, cond, negative, latents, n, g),
+                                                      repeats), resolution=size))
+    if any(ckpt for _, ckpt in settings):
+        backend.enable_gradient_checkpointing()
+    for micro_batch, ckpt in settings:
+        def train_row(micro_batch=micro_batch, ckpt=ckpt) -> dict:
+            if not ckpt:
+                backend.unet.disable_gradient_checkpointing()
+                backend.vae.disable_gradient_checkpointing()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            config = TrainConfig(steps=repeats + 1, batch_size=micro_batch, micro_batch=micro_batch,
+                                 num_inference_steps=n, guidance_scale=g, last_k=10, height=size, width=size, seed=0)
+            result = train_global(backend, reward, PROMPTS, config)
+            per_step = statistics.median(r["seconds"] for r in result.log[1:])  # the first step is warm-up
+            out = {"micro_batch": micro_batch, "gradient_checkpointing": ckpt, "resolution": size,
+                   "seconds_per_step": per_step, "samples_per_s": micro_batch / per_step}
+            if device.type == "cuda":
+                out["peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+            return out
+        row(f"sdxl_train_mb{micro_batch}{'_ckpt' if ckpt else ''}", train_row)
+
+
+def run_suite(cpu_smoke: bool, repeats: int, train_settings: list[tuple[int, bool]], refine_steps: int = 10,
+              sdxl_settings: list[tuple[int, bool]] = ((2, True),)) -> dict:
     from reneg.core import refine as refine_mod
     from reneg.core.train import TrainConfig, batch_latents, render, train_global
 
@@ -176,6 +226,11 @@ def run_suite(cpu_smoke: bool, repeats: int, train_settings: list[tuple[int, boo
         row("refine_batched", refine_batched)
     else:
         rows["refine_batched"] = {"error": "core.refine.refine_batch does not exist in this commit"}
+    if sdxl_settings:
+        del pipe, backend
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        sdxl_rows(cpu_smoke, reward, row, timer, repeats, n, g, list(sdxl_settings), rows)
     return {"rows": rows, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": str(dtype).replace("torch.", ""), "resolution": size, "ddim_steps": n, "guidance": g}
 
@@ -189,6 +244,7 @@ def summarise(suite: dict) -> dict:
 
     unit = sec("pipeline_generation")
     trains = [r["samples_per_s"] for k, r in rows.items() if k.startswith("train_") and "samples_per_s" in r]
+    sdxl_trains = [r for k, r in rows.items() if k.startswith("sdxl_train_") and "samples_per_s" in r]
     out = {
         "pipeline_generation_s": unit,
         "train_samples_per_s": max(trains) if trains else None,
@@ -202,6 +258,10 @@ def summarise(suite: dict) -> dict:
     }
     if out["train_samples_per_s"]:
         out["paper_scale_hours"] = 4000 * 64 / out["train_samples_per_s"] / 3600
+    if sdxl_trains:
+        best = max(sdxl_trains, key=lambda r: r["samples_per_s"])
+        out["sdxl_train_samples_per_s"], out["sdxl_train_peak_gb"] = best["samples_per_s"], best.get("peak_gb")
+        out["sdxl_paper_scale_hours"] = 4000 * 64 / best["samples_per_s"] / 3600
     return out
 
 
@@ -235,9 +295,12 @@ def main(argv=None) -> int:
     p.add_argument("--train", default="8,8c,16c",
                    help="training settings: micro-batch sizes, 'c' = gradient checkpointing (default 8,8c,16c)")
     p.add_argument("--refine-steps", type=int, default=10, help="refinement steps (default 10, the target's)")
+    p.add_argument("--sdxl", default="2c",
+                   help="SDXL 1024² training settings, as --train (default 2c; '' skips the SDXL rows)")
     args = p.parse_args(argv)
     settings = [(int(s.rstrip("c")), s.endswith("c")) for s in args.train.split(",") if s]
-    suite = run_suite(args.cpu_smoke, args.repeats, settings, args.refine_steps)
+    sdxl = [(int(s.rstrip("c")), s.endswith("c")) for s in args.sdxl.split(",") if s]
+    suite = run_suite(args.cpu_smoke, args.repeats, settings, args.refine_steps, sdxl)
     suite.update(commit=args.commit, torch=torch.__version__,
                  date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), cpu_smoke=args.cpu_smoke)
     suite["summary"] = summarise(suite)

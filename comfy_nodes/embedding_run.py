@@ -33,6 +33,10 @@ def load_for_clip(path: str | os.PathLike, choice: str, width: int, released_usa
     names the released files that would fit. A PixArt-α file (width 4096) comes back as its attended rows only
     (``[1, k, 4096]``; the released file: ``[1, 1, 4096]``), the form ComfyUI's unmasked PixArt needs."""
     emb = load_embedding(path)
+    if emb.pooled is not None:  # an SDXL pair: the ComfyUI SDXL conditioning is not built yet
+        from ..core.sdxl_backend import not_yet_in_host
+
+        raise IncompatibleEmbeddingError(not_yet_in_host(choice, "ComfyUI"))
     try:
         check_compatible(emb.tensor, width, where="connected CLIP")
     except IncompatibleEmbeddingError as exc:

@@ -3,7 +3,8 @@
 ``load_backend`` accepts ``tiny`` / ``tiny-v`` (random test models), ``toy`` / ``toy-2`` (the trained toy world,
 ``core/toy_world``), a local diffusers folder, a single-file
 checkpoint (``.safetensors``/``.ckpt``) or a hub id; offline or missing weights give one clear error. PixArt-α
-(``tiny-pixart``, a PixArt folder or hub id) is handed to :mod:`.pixart_backend`.
+(``tiny-pixart``, a PixArt folder or hub id) is handed to :mod:`.pixart_backend`, SDXL (``tiny-xl``, an SDXL
+folder, single file or hub id naming XL) to :mod:`.sdxl_backend`.
 """
 from __future__ import annotations
 
@@ -141,13 +142,17 @@ def check_model_index(folder: Path) -> None:
 def load_backend(model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
                  ) -> DiffusersBackend:
     """Load a backend by name: ``tiny``, ``tiny-v``, ``toy``, ``toy-2``, a local folder, a single-file checkpoint
-    or a hub id (PixArt-α names go to :mod:`.pixart_backend`)."""
+    or a hub id (PixArt-α names go to :mod:`.pixart_backend`, SDXL names to :mod:`.sdxl_backend`)."""
     from .pixart_backend import is_pixart_model, load_pixart_backend
     from .tiny_models import TINY_MODELS, load_tiny_backend
     from .toy_world import TOY_MODELS, load_toy_backend
 
     if is_pixart_model(model):  # tiny-pixart, a PixArt diffusers folder, or a PixArt hub id
         return load_pixart_backend(model, device=device, dtype=dtype)
+    from .sdxl_backend import is_sdxl_model, load_sdxl_backend
+
+    if is_sdxl_model(model):  # tiny-xl, an SDXL folder / single file, or a hub id naming XL
+        return load_sdxl_backend(model, device=device, dtype=dtype)
     shared = torch.device(device) == torch.device("cpu") and dtype == torch.float32
     if model in TINY_MODELS:
         return load_tiny_backend(model, fresh=not shared).to(device=device, dtype=dtype)

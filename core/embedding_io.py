@@ -1,7 +1,9 @@
 """Negative-embedding files: load (released pickles, plain or ReNeg safetensors), validate, save atomically.
 
 Our format is a ``.safetensors`` file with one tensor under :data:`TENSOR_KEY` (``[1, T, D]`` float32) and string
-metadata (see :func:`build_metadata`). Released ReNeg files are torch pickles of a bare tensor: they are only ever
+metadata (see :func:`build_metadata`). An SDXL negative adds its pooled embedding ``[1, 1280]`` under
+:data:`~.sdxl_backend.POOLED_KEY` (metadata ``family: sdxl``); in memory it is one tensor in the packed layout
+``[1, 78, 2048]`` (:mod:`.sdxl_backend`), so everything that takes ``NegativeEmbedding.tensor`` handles it as is. Released ReNeg files are torch pickles of a bare tensor: they are only ever
 read with ``torch.load(weights_only=True)``, so a pickle that tries to run code is refused, never executed.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .outputs import atomic_write  # noqa: F401  (re-exported: hosts and modules
 FORMAT_NAME = "reneg-negative-embedding"
 FORMAT_VERSION = "1"
 TENSOR_KEY = "reneg_negative"
+POOLED_KEY = "reneg_negative_pooled"     #: SDXL's pooled part (= :data:`.sdxl_backend.POOLED_KEY`)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 #: (context dim, token count or None) -> (family id, text encoder description)
@@ -49,17 +52,45 @@ def family_of(context_dim: int, tokens: int | None = None) -> tuple[str, str]:
         "unknown", f"unknown text encoder ({context_dim}-wide)")
 
 
+def is_sdxl_pair(tensor: torch.Tensor) -> bool:
+    """True for an SDXL negative in the engine's packed layout (context ``[1,77,2048]`` + pooled row)."""
+    from .sdxl_backend import is_packed
+
+    return is_packed(tensor)
+
+
 @dataclass
 class NegativeEmbedding:
-    """A negative conditioning ``[1, T, D]`` (float32, CPU) and its string metadata."""
+    """A negative conditioning ``[1, T, D]`` (float32, CPU) and its string metadata.
+
+    For SDXL, ``tensor`` is the packed pair ``[1, 78, 2048]`` (the form the engine takes); :attr:`context` and
+    :attr:`pooled` are its two parts (``[1, 77, 2048]`` and ``[1, 1280]``); for other families ``context`` is
+    ``tensor`` and ``pooled`` is None.
+    """
 
     tensor: torch.Tensor
     metadata: dict[str, str] = field(default_factory=dict)
     source: str = ""
 
     @property
+    def context(self) -> torch.Tensor:
+        if is_sdxl_pair(self.tensor):
+            from .sdxl_backend import unpack
+
+            return unpack(self.tensor)[0]
+        return self.tensor
+
+    @property
+    def pooled(self) -> torch.Tensor | None:
+        if is_sdxl_pair(self.tensor):
+            from .sdxl_backend import unpack
+
+            return unpack(self.tensor)[1]
+        return None
+
+    @property
     def tokens(self) -> int:
-        return int(self.tensor.shape[1])
+        return int(self.context.shape[1])
 
     @property
     def context_dim(self) -> int:
@@ -318,7 +349,7 @@ def _load_safetensors(p: Path) -> NegativeEmbedding:
                 raise FileTooLargeError(f"{p}: its {len(keys)} tensors hold {total:,} values together, over the "
                                         f"limit of {MAX_ELEMENTS:,}; this is not an embedding file.")
             if TENSOR_KEY in keys:
-                keys = [TENSOR_KEY]
+                keys = [TENSOR_KEY] + [k for k in keys if k == POOLED_KEY]
             tensors = {k: fh.get_tensor(k) for k in keys}
     except RenegError:
         raise
@@ -326,8 +357,30 @@ def _load_safetensors(p: Path) -> NegativeEmbedding:
         raise _broken(p, f"is not a readable .safetensors file ({clean_cause(exc)})") from exc
     if not keys:
         raise _broken(p, "is a .safetensors file without tensors")
+    meta = {str(k): str(v) for k, v in metadata.items()}
+    if POOLED_KEY in tensors:  # an SDXL pair: context + pooled, packed for the engine
+        return NegativeEmbedding(_as_sdxl_pair(tensors[TENSOR_KEY], tensors[POOLED_KEY], p), meta, str(p))
+    if meta.get("format") == FORMAT_NAME and meta.get("family") == "sdxl":
+        raise _broken(p, f"says family sdxl but holds no pooled embedding ({POOLED_KEY!r})")
     obj = tensors[TENSOR_KEY] if TENSOR_KEY in tensors else tensors
-    return NegativeEmbedding(_as_embedding_tensor(obj, p), {str(k): str(v) for k, v in metadata.items()}, str(p))
+    return NegativeEmbedding(_as_embedding_tensor(obj, p), meta, str(p))
+
+
+def _as_sdxl_pair(context: Any, pooled: Any, path: Path, saving: bool = False) -> torch.Tensor:
+    """Validate an SDXL context ``[1,77,2048]`` + pooled ``[1,1280]`` and return them packed ``[1,78,2048]``."""
+    from .sdxl_backend import CONTEXT_DIM, CONTEXT_TOKENS, POOLED_DIM, pack
+
+    ctx = _as_embedding_tensor(context, path, saving)
+    if not isinstance(pooled, torch.Tensor):
+        raise RenegError(f"{path}: the pooled part is a {type(pooled).__name__}, not a tensor.")
+    pool = pooled.detach()
+    pool = pool.unsqueeze(0) if pool.dim() == 1 else pool if pool.dim() == 2 and pool.shape[0] == 1 else None
+    if tuple(ctx.shape) != (1, CONTEXT_TOKENS, CONTEXT_DIM) or pool is None or pool.shape[1] != POOLED_DIM:
+        raise RenegError(f"{path}: an SDXL negative is a [1,{CONTEXT_TOKENS},{CONTEXT_DIM}] context with a "
+                         f"[1,{POOLED_DIM}] pooled embedding; this file holds {list(ctx.shape)} and "
+                         f"{list(pooled.shape)}.")
+    pool = _as_embedding_tensor(pool.unsqueeze(0), path, saving)[0]
+    return pack(ctx, pool)
 
 
 def check_torch_file(path: Path) -> str:
@@ -376,16 +429,30 @@ def load_embedding(path: str | os.PathLike) -> NegativeEmbedding:
 
 
 def check_compatible(tensor: torch.Tensor, context_dim: int, where: str = "model") -> None:
-    """Raise :class:`IncompatibleEmbeddingError` if the embedding width does not match the model."""
+    """Raise :class:`IncompatibleEmbeddingError` if the embedding width does not match the model.
+
+    The family is judged by the text-encoder widths alone, so a negative learned on one checkpoint applies to every
+    checkpoint with the same text encoders (e.g. all SDXL fine-tunes); an SDXL model also needs the pooled part.
+    """
+    from .sdxl_backend import CONTEXT_DIM as SDXL_DIM, check_packed
+
     dim = int(tensor.shape[-1])
     if dim != context_dim:
         emb_family = family_of(dim, int(tensor.shape[-2]) if tensor.dim() >= 2 else None)[1]
         model_family = family_of(context_dim)[1]
+        hint = "."
+        if dim == 4096:
+            hint = " (PixArt-α embeddings need a PixArt-α model, e.g. PixArt-alpha/PixArt-XL-2-512x512)."
+        elif dim == SDXL_DIM:
+            hint = " (SDXL embeddings need an SDXL model or fine-tune, e.g. stabilityai/stable-diffusion-xl-base-1.0)."
+        elif context_dim == SDXL_DIM:
+            hint = (" (this is an SDXL model: use an SDXL negative, e.g. one learned with "
+                    "`reneg train --model <SDXL model>`; SD1.x/SD2.x files do not apply to it).")
         raise IncompatibleEmbeddingError(
             f"Negative embedding is {dim}-wide ({emb_family}) but the {where} expects {context_dim}-wide "
-            f"conditioning ({model_family}). Use an embedding trained for this model family"
-            + (" (PixArt-α embeddings need a PixArt-α model, e.g. PixArt-alpha/PixArt-XL-2-512x512)."
-               if dim == 4096 else "."))
+            f"conditioning ({model_family}). Use an embedding trained for this model family" + hint)
+    if context_dim == SDXL_DIM:
+        check_packed(tensor, where)
 
 
 def broadcast_negative(tensor: torch.Tensor, batch: int) -> torch.Tensor:
@@ -403,6 +470,9 @@ def build_metadata(tensor: torch.Tensor, *, base_model: str = "", reward: str = 
                    steps: int | str = "", created_by: str = "reneg", **extra: Any) -> dict[str, str]:
     """String metadata of our format (safetensors metadata must be ``str -> str``)."""
     tokens, dim = int(tensor.shape[-2]), int(tensor.shape[-1])
+    sdxl = is_sdxl_pair(tensor)
+    if sdxl:
+        tokens -= 1  # the packed pooled row is not a token
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -417,6 +487,10 @@ def build_metadata(tensor: torch.Tensor, *, base_model: str = "", reward: str = 
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    if sdxl:
+        from .sdxl_backend import FAMILY, POOLED_DIM
+
+        meta["family"], meta["pooled_dim"] = FAMILY, str(POOLED_DIM)
     if meta["family"] == "pixart-alpha":  # the T5 mask the tensor carries (see core/pixart_backend.py)
         from .pixart_backend import mask_metadata
 
@@ -442,9 +516,15 @@ def save_embedding(path: str | os.PathLike, embedding: NegativeEmbedding | torch
         tensor, stored = embedding, {}
     tensor = _as_embedding_tensor(tensor, p, saving=True)
     keep = {k: v for k, v in stored.items() if k not in ("format", "format_version", "context_dim", "tokens",
-                                                          "family", "created_at")}
+                                                          "family", "created_at", "pooled_dim")}
     meta = build_metadata(tensor, **{**keep, **metadata})
-    return atomic_write(p, lambda tmp: save_file({TENSOR_KEY: tensor}, tmp, metadata=meta), overwrite=overwrite)
+    tensors = {TENSOR_KEY: tensor}
+    if is_sdxl_pair(tensor):  # the pair as two tensors: context [1,77,2048] + pooled [1,1280]
+        from .sdxl_backend import unpack
+
+        context, pooled = unpack(tensor)
+        tensors = {TENSOR_KEY: context.contiguous(), POOLED_KEY: pooled.contiguous()}
+    return atomic_write(p, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -452,10 +532,13 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path).expanduser()
     emb = load_embedding(p)
     fam, desc = family_of(emb.context_dim, emb.tokens)
-    t = emb.tensor
-    return {
+    t = emb.context
+    facts = {
         "path": str(p), "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
         "context_dim": emb.context_dim, "tokens": emb.tokens, "family": fam, "text_encoder": desc,
         "sha256": sha256_file(p), "norm": round(float(t.norm()), 6), "mean": round(float(t.mean()), 6),
         "std": round(float(t.std()) if t.numel() > 1 else 0.0, 6), "metadata": emb.metadata,
     }
+    if emb.pooled is not None:  # SDXL: the pooled part's facts beside the context's
+        facts.update(pooled_shape=list(emb.pooled.shape), pooled_norm=round(float(emb.pooled.norm()), 6))
+    return facts

@@ -17,7 +17,7 @@ Conventions shared by every implementation:
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -76,3 +76,21 @@ def encode_fp32(backend: DiffusionBackend, prompts: Sequence[str]) -> torch.Tens
     fn = getattr(backend, "encode_prompts_fp32", None)
     out = fn(list(prompts)) if fn is not None else backend.encode_prompts(list(prompts))
     return out.float()
+
+
+def frozen_entries(backend: DiffusionBackend, negative: torch.Tensor, freeze_pooled: bool = False
+                   ) -> Optional[torch.Tensor]:
+    """Bool mask of the negative's entries that learning must leave at their start values, or None (all learned).
+
+    Backends whose conditioning packs more than a context (SDXL: the pooled row, :mod:`.sdxl_backend`) define
+    ``frozen_entries(negative, freeze_pooled)``; ``freeze_pooled`` on any other backend is an error.
+    """
+    fn = getattr(backend, "frozen_entries", None)
+    if fn is None:
+        if freeze_pooled:
+            from .errors import RenegError
+
+            raise RenegError(f"Freezing the pooled embedding applies to SDXL models only; '{backend.name}' has no "
+                             "pooled part. Drop the option (--freeze-pooled).")
+        return None
+    return fn(negative, freeze_pooled)

@@ -30,7 +30,7 @@ import torch
 from .ddim import make_scheduler, sample_rows
 from .embedding_io import check_compatible
 from .errors import RenegError
-from .model_boundary import DiffusionBackend
+from .model_boundary import DiffusionBackend, frozen_entries
 from .objective import draw_step_index, one_step_images, states_at
 from .rewards.base import Reward
 from .train import ProgressFn, autocast_context, batch_latents, for_precision, render
@@ -53,6 +53,7 @@ class RefineConfig:
     last_k: int = 10                #: the step index is drawn from the last ``last_k`` DDIM steps with the seed
     mixed_precision: str = "no"
     selection: str = "final"        #: "final" (score the finished image) or "proxy" (one-step x0 score)
+    freeze_pooled: bool = False     #: SDXL: refine the context only, the pooled part stays the start's
 
     def validate(self) -> None:
         if self.max_steps < 0 or self.patience < 1:
@@ -144,6 +145,7 @@ def refine_batch(backend: DiffusionBackend, reward: Reward, prompts: Sequence[Op
         latents = latents.detach().to(backend.device, backend.dtype)
     final_rule = config.selection == "final"
 
+    fixed = frozen_entries(backend, init, config.freeze_pooled)  # SDXL: entries that stay the start's (or None)
     negative = torch.nn.Parameter(init.clone())
     optimizer = torch.optim.AdamW([negative], lr=config.lr, weight_decay=config.weight_decay)
     traces: list[list[float]] = [[] for _ in range(batch)]
@@ -235,6 +237,8 @@ def refine_batch(backend: DiffusionBackend, reward: Reward, prompts: Sequence[Op
         with torch.no_grad():
             hold = (~updated).to(device)
             negative.data[hold] = frozen[hold]
+            if fixed is not None:
+                negative.data.copy_(torch.where(fixed, init, negative.data))
 
     results = []
     renders = None
@@ -256,7 +260,7 @@ def refine_negative(backend: DiffusionBackend, reward: Reward, prompt: Optional[
                     should_stop: Optional[Callable[[], bool]] = None, cond: Optional[torch.Tensor] = None, *,
                     step_index: Optional[int] = None, last_k: int = 10, mixed_precision: str = "no",
                     final_image: bool = False, selection: str = "final",
-                    weight_decay: float = 0.0) -> RefineResult:
+                    weight_decay: float = 0.0, freeze_pooled: bool = False) -> RefineResult:
     """Refine ``init_negative`` for one prompt (see module docstring); :func:`refine_batch` with B = 1.
 
     ``prompt``: the text (used by the reward, and encoded unless ``cond`` ``[1,T,D]`` is given; hosts may pass
@@ -272,6 +276,7 @@ def refine_negative(backend: DiffusionBackend, reward: Reward, prompt: Optional[
     if init_negative.dim() == 3 and init_negative.shape[0] != 1:
         raise RenegError(f"init_negative must be one embedding [1, T, D]; got {list(init_negative.shape)}.")
     config = RefineConfig(max_steps=max_steps, patience=patience, lr=lr, weight_decay=weight_decay,
+                          freeze_pooled=freeze_pooled,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
                           width=width, last_k=last_k, mixed_precision=mixed_precision, selection=selection)
     def cb(k, total, scores, _preview):

@@ -30,7 +30,7 @@ from .ddim import initial_latents, make_scheduler, sample
 from .distributed import DistContext
 from .embedding_io import check_compatible, save_embedding
 from .errors import NothingLearnedError, RenegError
-from .model_boundary import DiffusionBackend, encode_fp32
+from .model_boundary import DiffusionBackend, encode_fp32, frozen_entries
 from .outputs import CLI_CHOICES, OutputLock, RunChoices
 from .objective import draw_step_index, reneg_objective
 from .rewards.base import Reward
@@ -41,7 +41,7 @@ MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Config fields that do not change the optimisation (may differ between a run and its resumption).
 NON_RECIPE_FIELDS = ("micro_batch", "gradient_checkpointing", "save_every", "preview_every", "preview_prompt")
 #: Recipe fields added later, with the value a saved recipe without them was trained with (for --resume).
-RECIPE_DEFAULTS = {"t_sampling": "step", "weight_decay_target": "zero"}
+RECIPE_DEFAULTS = {"t_sampling": "step", "weight_decay_target": "zero", "freeze_pooled": False}
 
 ProgressFn = Callable[[int, int, float, Optional[torch.Tensor]], None]
 
@@ -71,6 +71,7 @@ class TrainConfig:
     save_every: int = 0           #: write ``<out>`` and ``<out>.state`` every N steps (0: only at the end)
     preview_every: int = 0        #: pass a preview image to ``progress`` every N steps (0: never)
     preview_prompt: Optional[str] = None  #: default: the first training prompt
+    freeze_pooled: bool = False   #: SDXL: keep the pooled part of the negative at its start (learn the context only)
 
     def validate(self, world_size: int = 1) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -244,6 +245,8 @@ class _Trainer:
             raise RenegError(f"The initial negative must be [1, T, D]; got {list(init.shape)}.")
         self.negative = torch.nn.Parameter(init.detach().to(self.device, torch.float32).clone())
         self.anchor = self.negative.detach().clone()  # the start: target of weight_decay_target="init"
+        #: entries kept at the start (SDXL: the pooled row's padding, the pooled part with freeze_pooled); or None
+        self.frozen = frozen_entries(backend, self.anchor, config.freeze_pooled)
         to_init = config.weight_decay_target == "init"
         self.optimizer = torch.optim.AdamW([self.negative], lr=config.lr,
                                            weight_decay=0.0 if to_init else config.weight_decay)
@@ -390,6 +393,8 @@ class _Trainer:
         dist.all_reduce_sum(stats)
         self.scaler.unscale_(self.optimizer)
         grad = self.negative.grad
+        if self.frozen is not None:
+            grad.masked_fill_(self.frozen, 0.0)
         finite = bool(torch.isfinite(grad).all())
         grad_norm = float(grad.norm()) if finite else float("nan")
         if finite:
@@ -400,6 +405,9 @@ class _Trainer:
                     self.negative.sub_(self.optimizer.param_groups[0]["lr"] * cfg.weight_decay
                                        * (self.negative - self.anchor))
             self.scaler.step(self.optimizer)
+            if self.frozen is not None:  # AdamW's weight decay moves them too: back to the start
+                with torch.no_grad():
+                    self.negative.copy_(torch.where(self.frozen, self.anchor, self.negative))
         else:
             self.skipped += 1
         self.scaler.update()

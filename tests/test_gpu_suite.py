@@ -23,11 +23,12 @@ def test_cpu_smoke_writes_every_headline_field(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert rc == 0, data["rows"]
     for row in ("pipeline_generation", "generation_text_negative", "generation_embedding", "train_mb2_ckpt",
-                "refine_b1", "refine_batched"):
+                "refine_b1", "refine_batched", "sdxl_generation", "sdxl_train_mb2_ckpt"):
         assert "error" not in data["rows"][row] and data["rows"][row].get("seconds", 1) > 0, row
     summary = data["summary"]
     assert summary["train_samples_per_s"] > 0 and summary["refine_x_generation"] > 0
     assert summary["embedding_over_text_negative_generation"] > 0
+    assert summary["sdxl_train_samples_per_s"] > 0 and data["rows"]["sdxl_train_mb2_ckpt"]["resolution"] == 64
     assert data["commit"] == "abc" and data["torch"] and data["date"] and data["cpu_smoke"] is True
     assert "train_samples_per_s" in printed and "refine_x_generation" in printed
     for key in ("train_samples_per_s", "refine_x_generation", "refine_peak_gb",

@@ -99,8 +99,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="'tiny'/'tiny-v'/'tiny-pixart' (random test models), 'toy'/'toy-2' (trained toy world), "
-                        "a diffusers folder (SD or PixArt-α), a .safetensors checkpoint or a hub id")
+                   help="'tiny'/'tiny-v'/'tiny-pixart'/'tiny-xl' (random test models), 'toy'/'toy-2' (trained toy "
+                        "world), a diffusers folder (SD, SDXL or PixArt-α), a .safetensors checkpoint or a hub id")
     p.add_argument("--device", type=device_arg, default=None,
                    help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,

@@ -35,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
         meta["reward"] = args.reward
     out = save_embedding(args.dst, emb, overwrite=args.overwrite,
                          **{"created_by": emb.metadata.get("created_by", "reneg convert"), **meta})
-    print(f"wrote {out} {list(emb.tensor.shape)} ({emb.family})")
+    pooled = f" + pooled {list(emb.pooled.shape)}" if emb.pooled is not None else ""
+    print(f"wrote {out} {list(emb.context.shape)}{pooled} ({emb.family})")
     return 0

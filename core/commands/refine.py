@@ -45,6 +45,8 @@ def register(sub) -> None:
     p.add_argument("--width", type=side_arg, default=None, help="default: the model's native size")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                    help="autocast dtype (default no)")
+    p.add_argument("--freeze-pooled", action="store_true",
+                   help="SDXL: refine the cross-attention context only; the pooled embedding stays the start's")
     add_overwrite_arg(p, "an existing --out / --image file")
     p.set_defaults(func=run)
 
@@ -87,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
                                  guidance_scale=args.guidance, height=args.height or size,
                                  width=args.width or size, callback=callback, step_index=args.step_index,
                                  mixed_precision=args.mixed_precision, final_image=bool(args.image),
-                                 selection=args.selection)
+                                 selection=args.selection, freeze_pooled=args.freeze_pooled)
     recipe = {"max_steps": args.max_steps, "patience": args.patience, "lr": args.lr, "seed": args.seed,
               "num_inference_steps": args.ddim_steps, "guidance_scale": args.guidance,
-              "step_index": result.step_index, "selection": args.selection}
+              "step_index": result.step_index, "selection": args.selection,
+              **({"freeze_pooled": True} if args.freeze_pooled else {})}
     save_embedding(args.out, result.best, overwrite=args.overwrite, base_model=backend.name, reward=reward.name, recipe=recipe,
                    steps=result.best_step, kind="per-prompt", prompt=args.prompt, init=args.init or "null-text",
                    start_reward=f"{result.start_reward:.6g}", best_reward=f"{result.best_reward:.6g}")
@@ -141,7 +144,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     config = RefineConfig(max_steps=args.max_steps, patience=args.patience, lr=args.lr,
                           num_inference_steps=args.ddim_steps, guidance_scale=args.guidance,
                           height=args.height or size, width=args.width or size,
-                          mixed_precision=args.mixed_precision, selection=args.selection)
+                          mixed_precision=args.mixed_precision, selection=args.selection,
+                          freeze_pooled=args.freeze_pooled)
     rows = []
     with tqdm(total=len(items), desc="reneg refine", unit="prompt", dynamic_ncols=True) as bar:
         for lo in range(0, len(items), args.batch_size):

@@ -53,6 +53,8 @@ def register(sub) -> None:
                    help="autocast dtype (the embedding stays fp32)")
     p.add_argument("--max-grad-norm", type=float_in(0.0, 1e6), default=0.0, help="clip the embedding gradient (0: off)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet/VAE activations")
+    p.add_argument("--freeze-pooled", action="store_true",
+                   help="SDXL: learn the cross-attention context only; the pooled embedding stays the start's")
     p.add_argument("--save-every", type=int_in(0), default=250,
                    help="checkpoint every N steps (default 250; 0: only at the end)")
     p.add_argument("--preview-every", type=int_in(0), default=0,
@@ -96,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         t_sampling=args.t_sampling, weight_decay_target=args.weight_decay_target,
         height=args.height or size, width=args.width or size, seed=args.seed,
         mixed_precision=args.mixed_precision, max_grad_norm=args.max_grad_norm,
-        gradient_checkpointing=args.gradient_checkpointing, save_every=args.save_every,
+        gradient_checkpointing=args.gradient_checkpointing, freeze_pooled=args.freeze_pooled,
+        save_every=args.save_every,
         preview_every=args.preview_every, preview_prompt=args.preview_prompt)
     out = Path(args.out)
     bar = tqdm(total=config.steps, desc="reneg train", disable=not dist.is_main, dynamic_ncols=True)
