@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .diffusers_backend import DiffusersBackend
 from .errors import IncompatibleEmbeddingError, MissingWeightsError, RenegError
 
 FAMILY = "sdxl"
@@ -78,8 +79,11 @@ def not_yet_in_host(name: str, host: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- backend
-class SDXLBackend:
-    """SDXL from diffusers components; all weights frozen, eval mode. Contexts are in the packed layout."""
+class SDXLBackend(DiffusersBackend):
+    """SDXL from diffusers components; all weights frozen, eval mode. Contexts are in the packed layout.
+
+    Shares the SD backend's plumbing (``device``/``dtype`` of the UNet, the schedule, gradient checkpointing);
+    what differs is below."""
 
     family = FAMILY
 
@@ -110,18 +114,6 @@ class SDXLBackend:
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.freeze_pooled = False  #: set by training/refinement options: the pooled part is not learned
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return self._alphas_cumprod
 
     def to(self, device=None, dtype=None) -> "SDXLBackend":
         """Move/cast the networks; a ``force_upcast`` VAE (the stock SDXL VAE) stays fp32 under fp16."""
@@ -208,12 +200,6 @@ class SDXLBackend:
         mask = torch.zeros(negative.shape, dtype=torch.bool, device=negative.device)
         mask[..., -1, 0 if freeze else self.pooled_dim:] = True
         return mask
-
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute UNet/VAE activations in backward (SDXL at 1024² needs it for batches on one GPU)."""
-        self.unet.enable_gradient_checkpointing()
-        if hasattr(self.vae, "enable_gradient_checkpointing"):
-            self.vae.enable_gradient_checkpointing()
 
     def pipeline(self):
         """A ``StableDiffusionXLPipeline`` sharing these components (DDIM scheduler, no watermark)."""

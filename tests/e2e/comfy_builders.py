@@ -151,10 +151,22 @@ def comfy_vae_from_diffusers(vae):
 
 
 # --- the e2e checkpoint --------------------------------------------------------------------------------------
+def save_fp16_checkpoint(sd: dict, path: str | os.PathLike) -> Path:
+    """Write a checkpoint state dict as fp16 safetensors, atomically (a killed build leaves no half file)."""
+    from safetensors.torch import save_file
+
+    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    save_file(sd, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
 def build_sd15_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     """Random SD1.5-architecture checkpoint (fp16, ~470 MB) that ComfyUI detects as SD15."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
     import comfy.diffusers_convert
@@ -177,13 +189,7 @@ def build_sd15_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
         sd[f"first_stage_model.{k}"] = v
     for k, v in clip.state_dict().items():
         sd[f"cond_stage_model.transformer.{k}"] = v
-    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    save_file(sd, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return save_fp16_checkpoint(sd, path)
 
 
 # --- PixArt-α -------------------------------------------------------------------------------------------------
@@ -323,7 +329,6 @@ def build_pixart_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     (the prefix ``CheckpointLoaderSimple`` looks for); the SD VAE under ``vae.`` (full size,
     ComfyUI builds it from a fixed config); no text encoder (T5-XXL is 4.7B; the e2e uses a tiny one)."""
     from diffusers import AutoencoderKL, PixArtTransformer2DModel
-    from safetensors.torch import save_file
 
     import comfy.diffusers_convert
 
@@ -342,13 +347,7 @@ def build_pixart_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
     sd = {f"model.diffusion_model.{k}": v for k, v in sd.items()}
     for k, v in comfy.diffusers_convert.convert_vae_state_dict(vae.state_dict()).items():
         sd[f"vae.{k}"] = v
-    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    save_file(sd, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return save_fp16_checkpoint(sd, path)
 
 
 # --- refine equivalence --------------------------------------------------------------------------------------

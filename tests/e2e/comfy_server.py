@@ -190,5 +190,19 @@ class ComfyServer:
         self.post("/interrupt")
 
 
+def add_probed_samplers(graph: dict, negatives: dict, sampler) -> None:
+    """Add to ``graph`` one probed KSampler -> VAE Decode -> Save Image chain per ``{tag: negative link}``
+    (``sampler(negative, tag)`` builds the chain's nodes ``ks``/``decode``/``save_img``), each node id suffixed
+    with ``_<tag>`` and its UNet wrapped by a ``ReNegE2EProbe`` tagged ``tag``; drops the base graph's probe."""
+    for tag, negative in negatives.items():
+        graph[f"probe_{tag}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": tag}}
+        parts = sampler(negative, tag)
+        parts["ks"]["inputs"]["model"] = [f"probe_{tag}", 0]
+        parts["decode"]["inputs"]["samples"] = [f"ks_{tag}", 0]
+        parts["save_img"]["inputs"]["images"] = [f"decode_{tag}", 0]
+        graph.update({f"{k}_{tag}": v for k, v in parts.items()})
+    graph.pop("probe", None)
+
+
 def message_types(entry: dict) -> list[str]:
     return [m[0] for m in entry.get("status", {}).get("messages", [])]

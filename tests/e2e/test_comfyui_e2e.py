@@ -186,14 +186,7 @@ def test_strength_blends_with_the_clip_empty_prompt(server):
     negatives = {"s0": ["neg0", 0], "s05": ["neg05", 0], "empty": ["empty", 0]}
     for strength, node in ((0.0, "neg0"), (0.5, "neg05")):
         graph[node] = load_node("e2e_random.safetensors", strength)
-    for tag, negative in negatives.items():
-        graph[f"probe_{tag}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": tag}}
-        parts = sampler(negative, tag)
-        parts["ks"]["inputs"]["model"] = [f"probe_{tag}", 0]
-        parts["decode"]["inputs"]["samples"] = [f"ks_{tag}", 0]
-        parts["save_img"]["inputs"]["images"] = [f"decode_{tag}", 0]
-        graph.update({f"{k}_{tag}": v for k, v in parts.items()})
-    del graph["probe"]
+    cs.add_probed_samplers(graph, negatives, sampler)
     server.run(graph)
     emb = load_embedding(server.reneg_dir / "e2e_random.safetensors").tensor
     s0, s05, empty = (probe_tensor(server, tag)[0] for tag in ("s0", "s05", "empty"))

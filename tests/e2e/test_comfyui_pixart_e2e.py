@@ -197,14 +197,7 @@ def test_strength_blends_with_comfyuis_empty_prompt_which_is_diffusers_attended_
     graph = dict(base_graph("unused"))
     graph["empty"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["t5", 0]}}
     graph["neg0"], graph["neg05"] = load_node(RELEASED_PIXART.name, 0.0), load_node(RELEASED_PIXART.name, 0.5)
-    for tag, negative in {"px_s0": ["neg0", 0], "px_s05": ["neg05", 0], "px_empty": ["empty", 0]}.items():
-        graph[f"probe_{tag}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": tag}}
-        parts = sampler(negative, tag)
-        parts["ks"]["inputs"]["model"] = [f"probe_{tag}", 0]
-        parts["decode"]["inputs"]["samples"] = [f"ks_{tag}", 0]
-        parts["save_img"]["inputs"]["images"] = [f"decode_{tag}", 0]
-        graph.update({f"{k}_{tag}": v for k, v in parts.items()})
-    del graph["probe"]
+    cs.add_probed_samplers(graph, {"px_s0": ["neg0", 0], "px_s05": ["neg05", 0], "px_empty": ["empty", 0]}, sampler)
     server.run(graph)
     s0, s05, empty = (probe(server, tag)[0]["negative"] for tag in ("px_s0", "px_s05", "px_empty"))
     assert empty.shape == (1, 1, 4096) and torch.equal(s0, empty)
