@@ -29,11 +29,7 @@ def file_problem(path: Optional[str | os.PathLike]) -> Optional[str]:
 def load_for_clip(path: str | os.PathLike, choice: str, width: int, released_usable: Mapping[str, Any]) -> torch.Tensor:
     """The embedding at ``path`` (dropdown entry ``choice``) if it fits a CLIP of ``width``; else one error that
     names the released files that would fit."""
-    emb = load_embedding(path)
-    if emb.pooled is not None:  # an SDXL pair: the ComfyUI SDXL conditioning is not built yet
-        from ..core.sdxl_backend import not_yet_in_host
-
-        raise IncompatibleEmbeddingError(not_yet_in_host(choice, "ComfyUI"))
+    emb = load_embedding(path)  # an SDXL file: its packed [1, 78, 2048] pair (see comfy_nodes/sdxl.py)
     try:
         check_compatible(emb.tensor, width, where="connected CLIP")
     except IncompatibleEmbeddingError as exc:

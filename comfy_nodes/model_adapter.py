@@ -17,6 +17,11 @@ Only imported inside a running ComfyUI (it imports ``comfy``). Why it looks the 
   ``VAE.decode`` (which preallocates, copies, may tile and returns BHWC).
 * ``model_options`` patches (attention/CFG hooks set by other nodes) are not applied on this path; weight patches
   (LoRA, merges) are, because they live in the loaded weights.
+* **SDXL** (``comfy.model_base.SDXL`` and its smaller family members, e.g. Segmind-Vega, SSD-1B, KOALA): the
+  negatives and prompts are the engine's packed ``[B, 78, 2048]`` (:mod:`~..core.sdxl_backend`); the UNet gets
+  context = the first 77 rows and ``y`` built by the model's own ``encode_adm`` (what ComfyUI's sampler calls:
+  ``pooled_output`` + the size/crop embedding of ``width = W·8``, ``height = H·8``, crop 0, target = size) from
+  the pooled row, differentiably.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import torch
 from torch.func import functional_call
 
 from ..core.errors import RenegError
+from ..core.sdxl_backend import pack as pack_sdxl, unpack as unpack_sdxl
 from .conditioning import fit_tokens
 
 log = logging.getLogger("reneg")
@@ -71,7 +77,7 @@ def prediction_type_of(model_sampling) -> str:
 
 
 class ComfyBackend:
-    """SD1.x/SD2.x MODEL + VAE (+ CLIP for prompt encoding) of a running ComfyUI, with cloned frozen weights.
+    """SD1.x/SD2.x or SDXL MODEL + VAE (+ CLIP for prompt encoding) of a running ComfyUI, with cloned frozen weights.
 
     Build it with :func:`prepared` (which also loads the models onto the device) and use it inside that block.
     """
@@ -87,9 +93,11 @@ class ComfyBackend:
             raise RenegError(f"ReNeg needs an SD1.x/SD2.x UNet; this MODEL is a {type(self._unet).__name__} "
                              f"({type(base).__name__}). Load an SD1.x or SD2.x checkpoint.")
         cfg = base.model_config.unet_config
-        if base.adm_channels or getattr(base, "concat_keys", ()) or cfg.get("in_channels", 4) != 4:
-            raise RenegError(f"{type(base).__name__} needs extra inputs (SDXL/unCLIP/inpaint/upscale models): "
-                             "ReNeg supports plain text-to-image SD1.x/SD2.x checkpoints.")
+        self.sdxl = is_sdxl(model)
+        # SDXL's adm (pooled + size embedding) is built by the model's own encode_adm (see model_output)
+        if (base.adm_channels and not self.sdxl) or getattr(base, "concat_keys", ()) or cfg.get("in_channels", 4) != 4:
+            raise RenegError(f"{type(base).__name__} needs extra inputs (SDXL refiner/unCLIP/inpaint/upscale "
+                             "models): ReNeg supports plain text-to-image SD1.x/SD2.x and SDXL checkpoints.")
         if vae is None or getattr(vae, "first_stage_model", None) is None:
             raise RenegError("The VAE input is empty or invalid: connect the checkpoint's VAE (or a VAE loader).")
         self.context_dim = int(cfg["context_dim"])
@@ -143,9 +151,20 @@ class ComfyBackend:
         t = torch.as_tensor(timestep, device=device, dtype=torch.float32).reshape(-1)
         if t.numel() == 1:
             t = t.expand(latents.shape[0])
-        out = functional_call(self._unet, self._unet_params, (latents.to(device, dtype), t),
-                              {"context": context.to(device, dtype), "transformer_options": {}})
+        kwargs = {"context": context.to(device, dtype), "transformer_options": {}}
+        if self.sdxl:
+            ctx, pooled = unpack_sdxl(context)
+            kwargs["context"] = ctx.to(device, dtype)
+            kwargs["y"] = self.sdxl_adm(pooled, latents.shape[-2] * 8, latents.shape[-1] * 8).to(device, dtype)
+        out = functional_call(self._unet, self._unet_params, (latents.to(device, dtype), t), kwargs)
         return out.float()
+
+    def sdxl_adm(self, pooled: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """SDXL's ``y`` ``[B, 2816]`` for pooled ``[B, 1280]`` at an image of ``height`` x ``width``, from the
+        model's ``encode_adm`` with the arguments ComfyUI's sampler gives it (``comfy/samplers.py:
+        encode_model_conds``: width/height = latent size · 8; crop 0 and target = size by default)."""
+        return self._base.encode_adm(pooled_output=pooled, width=int(width), height=int(height),
+                                     device=pooled.device)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Differentiable decode of DDPM-space (scaled) latents to BCHW images in ``[0, 1]``."""
@@ -156,8 +175,32 @@ class ComfyBackend:
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """``[len(prompts), 77, D]`` from the connected CLIP (first 77-token chunk of long prompts)."""
-        conds = [encode_text(self.clip, p)[0] for p in prompts]
+        if self.sdxl:  # packed [B, 78, 2048]: context + pooled of the SDXL CLIP
+            conds = [pack_sdxl(*_sdxl_pair(encode_text(self.clip, p), p)) for p in prompts]
+        else:
+            conds = [encode_text(self.clip, p)[0] for p in prompts]
         return torch.cat(conds).to(self.device, self.dtype)
+
+
+def _sdxl_pair(encoded: tuple[torch.Tensor, torch.Tensor | None], prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    cond, pooled = encoded
+    if cond.shape[-1] != 2048 or pooled is None or pooled.shape[-1] != 1280:
+        raise RenegError(f"The CLIP input encodes {prompt[:40]!r} to {list(cond.shape)} with pooled "
+                         f"{None if pooled is None else list(pooled.shape)}; an SDXL MODEL needs its own CLIP "
+                         "(CLIP-L + OpenCLIP-bigG: [1, 77, 2048] and pooled [1, 1280]). Connect the SDXL "
+                         "checkpoint's CLIP.")
+    return cond, pooled
+
+
+def is_sdxl(model) -> bool:
+    """True for ComfyUI's SDXL MODEL (``comfy.model_base.SDXL``: SDXL base and its fine-tunes, Segmind-Vega,
+    SSD-1B, KOALA; not the refiner, whose conditioning differs)."""
+    base = getattr(model, "model", None)
+    if base is None:
+        return False
+    import comfy.model_base
+
+    return isinstance(base, comfy.model_base.SDXL)
 
 
 def encode_text(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -22,8 +22,9 @@ from ..core.rewards import REWARD_NAMES
 from ..core.rewards.weights import REWARDS_DIR_ENV
 from ..core.train import TrainConfig
 from . import embedding_run, files, train_modes
-from .conditioning import apply_strength, pack, single_tensor
+from .conditioning import apply_strength, pack, pooled_of, single_tensor
 from .model_adapter import encode_text
+from .sdxl import conditioning_of, is_sdxl_width, packed_of
 
 log = logging.getLogger("reneg")
 CATEGORY = "conditioning/reneg"
@@ -127,6 +128,9 @@ class LoadEmbedding(io.ComfyNode):
         path = resolve_embedding(embedding)
         null, pooled = encode_text(clip, "")
         tensor = embedding_run.load_for_clip(path, embedding, int(null.shape[-1]), _released_usable())
+        if is_sdxl_width(null.shape[-1]):  # SDXL: context and pooled both blend with the empty prompt's
+            return io.NodeOutput(conditioning_of(apply_strength(tensor, packed_of(null, pooled, "The CLIP input"),
+                                                                strength)))
         tensor = apply_strength(tensor, null, strength)
         return io.NodeOutput(pack(tensor, pooled))
 
@@ -342,7 +346,9 @@ class TrainGlobal(io.ComfyNode):
         plan = train_modes.plan_run(_embedding_dirs()[0], save_name, if_exists, config, prompt_list)
         result = train_embedding(model, clip, vae, reward, prompt_list, plan, config)
         out = plan.out
-        return io.NodeOutput(pack(result.negative), reward_curve_image(out),
+        negative = result.negative
+        return io.NodeOutput(conditioning_of(negative) if is_sdxl_width(negative.shape[-1]) else pack(negative),
+                             reward_curve_image(out),
                              ui=ui.PreviewText(f"{plan.describe(result.total_steps)}: saved {out} after "
                                                f"{result.step}/{result.total_steps} steps"))
 
@@ -384,6 +390,8 @@ class SaveEmbedding(io.ComfyNode):
     @classmethod
     def execute(cls, conditioning, filename_prefix, note="") -> io.NodeOutput:
         tensor = single_tensor(conditioning, "Save ReNeg Embedding")
+        if is_sdxl_width(tensor.shape[-1]):  # SDXL: saved as the two-tensor file (context + pooled)
+            tensor = packed_of(tensor, pooled_of(conditioning), "Save ReNeg Embedding")
         path = embedding_run.save_new(_embedding_dirs()[0], filename_prefix, tensor, created_by="reneg-comfyui",
                                       note=note)
         log.info("ReNeg: saved %s", path)
