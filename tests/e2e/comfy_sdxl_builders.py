@@ -13,6 +13,7 @@ and bigG from full-size configs (bigG alone ~695M parameters), so the e2e uses t
 is unused.
 
     python comfy_sdxl_builders.py checkpoint OUT.safetensors   # prints the path and ComfyUI's detected class
+    python comfy_sdxl_builders.py adapter-check CKPT.safetensors  # prints the adapter-vs-sampler-path facts
 """
 from __future__ import annotations
 
@@ -80,8 +81,53 @@ def build_sdxl_checkpoint(path: str | os.PathLike, seed: int = 0) -> dict:
             "unet_parameters": sum(p.numel() for p in unet.parameters())}
 
 
+def adapter_check(checkpoint: str | os.PathLike) -> dict:
+    """The pack's ``ComfyBackend`` on ComfyUI's SDXL MODEL vs ComfyUI's own sampler path for the same packed
+    negative: ``SDXL.extra_conds`` (what ``comfy/samplers.py: encode_model_conds`` calls, width/height = latent
+    size · 8) + ``BaseModel.apply_model`` at σ(t), converted to ε. Also: the gradient reaches context and pooled."""
+    from comfy_builders import load_pack
+
+    load_pack()
+    import comfy.sd
+    from reneg.comfy_nodes.model_adapter import prepared
+    from reneg.core.sdxl_backend import pack
+
+    model, _, vae = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_clip=False)[:3]
+    torch.manual_seed(0)
+    with torch.inference_mode():  # as in a node: inputs are inference tensors
+        x = torch.randn(2, 4, 8, 12)  # 64 x 96 image: height and width differ
+        context, pooled = torch.randn(2, 77, 2048), torch.randn(2, 1280)
+    facts: dict = {"model_base": type(model.model).__name__}
+    with prepared(model, vae) as backend:
+        negative = pack(context.clone(), pooled.clone()).requires_grad_(True)
+        sampling = model.get_model_object("model_sampling")
+        diffs = []
+        for t in (999, 500, 1):
+            eps = backend.model_output(x.clone(), t, negative)
+            with torch.no_grad():
+                sigma = sampling.sigmas[t].reshape(1).expand(2)
+                conds = model.model.extra_conds(pooled_output=pooled.clone(), cross_attn=context.clone(),
+                                                width=x.shape[-1] * 8, height=x.shape[-2] * 8, noise=x,
+                                                device=x.device)
+                x_in = x * (1.0 + sigma[:, None, None, None] ** 2).sqrt()  # ComfyUI's x for DDPM x_t
+                denoised = model.model.apply_model(x_in, sigma, c_crossattn=conds["c_crossattn"].cond,
+                                                   y=conds["y"].cond)
+                ref = (x_in - denoised) / sigma[:, None, None, None]
+                diffs.append(float((eps.detach() - ref).abs().max()) / float(ref.abs().max()))
+            if t == 500:
+                eps.square().mean().backward()
+        facts["relative_max_abs_diff"] = max(diffs)
+        facts["context_grad_norm"] = float(negative.grad[:, :77].norm())
+        facts["pooled_grad_norm"] = float(negative.grad[:, 77, :1280].norm())
+        facts["pad_grad_norm"] = float(negative.grad[:, 77, 1280:].norm())
+    return facts
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "checkpoint":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("checkpoint", "adapter-check"):
         raise SystemExit(__doc__)
     comfy_on_path()
-    print(json.dumps(build_sdxl_checkpoint(sys.argv[2])))
+    if sys.argv[1] == "checkpoint":
+        print(json.dumps(build_sdxl_checkpoint(sys.argv[2])))
+    else:
+        print(json.dumps(adapter_check(sys.argv[2])))

@@ -190,3 +190,19 @@ def test_refine_and_train_on_the_sdxl_model_save_two_tensor_files(server):
     trained = load_embedding(trained_file)
     assert torch.isfinite(trained.tensor).all()
     assert torch.equal(load_embedding(saved_path(entry, "save_trained")).tensor, trained.tensor)
+
+
+def test_adapter_equals_comfyuis_own_sdxl_sampler_path(tmp_path):
+    """The pack's backend on ComfyUI's SDXL MODEL (y from the model's encode_adm, context = first 77 rows of the
+    packed negative) gives the ε ComfyUI's sampler path gives (SDXL.extra_conds + apply_model), for a
+    non-square image; the gradient reaches the context and the pooled part, not the packed row's padding."""
+    cache = Path(os.environ.get("RENEG_E2E_CACHE") or tmp_path)
+    checkpoint = ensure_sdxl_checkpoint(cache)
+    env = {**os.environ, "COMFYUI_PATH": str(cs.comfyui_path())}
+    proc = subprocess.run([cs.comfyui_python(), str(cs.HERE / "comfy_sdxl_builders.py"), "adapter-check",
+                           str(checkpoint)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts["model_base"] == "SDXL"
+    assert facts["relative_max_abs_diff"] < 1e-4, facts  # measured 4.3e-6 (float32 on CPU)
+    assert facts["context_grad_norm"] > 0 and facts["pooled_grad_norm"] > 0 and facts["pad_grad_norm"] == 0, facts
