@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..core.embedding_io import check_compatible
 from ..core.errors import RenegError
 from ..core.refine import RefineConfig, refine_batch, refinement_step_index
 from .conditioning import fit_tokens, pooled_of
@@ -178,6 +179,7 @@ def refine_conditioning(model, vae, positive_rows: Sequence[list[Any]], negative
     for c, p in zip(positive_rows, prompts):
         tensor, extra = _entry(c, p)
         if is_sdxl_width(init.shape[-1]):
+            check_compatible(init, int(tensor.shape[-1]), where="CLIP (the prompt's conditioning)")
             conds.append(packed_of(tensor, extra.get("pooled_output"), "positive"))
             continue
         with torch.inference_mode(False):

@@ -115,3 +115,12 @@ def test_refine_rows_carry_the_sdxl_pair_in_and_out():
     assert torch.equal(out[0][0], best[:, :77]) and torch.equal(out[0][1]["pooled_output"], best[:, 77, :1280])
     with pytest.raises(RenegError, match="pooled_output"):
         refine_run.negative_rows([[context, {}]], 1)
+
+
+def test_refine_with_an_sdxl_negative_and_an_sd_clip_is_the_family_error():
+    context, pooled = pair(7)
+    positive = [[torch.zeros(1, 77, 768), {"pooled_output": torch.zeros(1, 768)}]]
+    with pytest.raises(IncompatibleEmbeddingError) as exc:  # before any model is touched
+        refine_run.refine_conditioning(None, None, [positive], [[context, {"pooled_output": pooled}]], None,
+                                       prompts=["a cat"])
+    assert "2048-wide" in str(exc.value) and "768-wide" in str(exc.value) and "SDXL" in str(exc.value)
