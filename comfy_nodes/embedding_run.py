@@ -31,12 +31,9 @@ def file_problem(path: Optional[str | os.PathLike]) -> Optional[str]:
 def load_for_clip(path: str | os.PathLike, choice: str, width: int, released_usable: Mapping[str, Any]) -> torch.Tensor:
     """The embedding at ``path`` (dropdown entry ``choice``) if it fits a CLIP of ``width``; else one error that
     names the released files that would fit. A PixArt-α file (width 4096) comes back as its attended rows only
-    (``[1, k, 4096]``; the released file: ``[1, 1, 4096]``), the form ComfyUI's unmasked PixArt needs."""
+    (``[1, k, 4096]``; the released file: ``[1, 1, 4096]``), the form ComfyUI's unmasked PixArt needs; an SDXL
+    file as its packed ``[1, 78, 2048]`` pair (see comfy_nodes/sdxl.py)."""
     emb = load_embedding(path)
-    if emb.pooled is not None:  # an SDXL pair: the ComfyUI SDXL conditioning is not built yet
-        from ..core.sdxl_backend import not_yet_in_host
-
-        raise IncompatibleEmbeddingError(not_yet_in_host(choice, "ComfyUI"))
     try:
         check_compatible(emb.tensor, width, where="connected CLIP")
     except IncompatibleEmbeddingError as exc:

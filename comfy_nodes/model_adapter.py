@@ -25,6 +25,11 @@ Only imported inside a running ComfyUI (it imports ``comfy``). Why it looks the 
   ``[B, 120, 4096]`` contexts (mask in-band, :func:`~..core.pixart_backend.attention_mask_of`) are run on their
   attended rows only, rows with the same mask together (see :mod:`.pixart`). Prompts are encoded with the
   graph's T5 (its CLIP input) once, before training, and padded with zero rows to 120.
+* **SDXL** (``comfy.model_base.SDXL`` and its smaller family members, e.g. Segmind-Vega, SSD-1B, KOALA): the
+  negatives and prompts are the engine's packed ``[B, 78, 2048]`` (:mod:`~..core.sdxl_backend`); the UNet gets
+  context = the first 77 rows and ``y`` built by the model's own ``encode_adm`` (what ComfyUI's sampler calls:
+  ``pooled_output`` + the size/crop embedding of ``width = W·8``, ``height = H·8``, crop 0, target = size) from
+  the pooled row, differentiably.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from torch.func import functional_call
 from ..core.errors import RenegError
 from ..core.pixart_backend import FAMILY as PIXART_FAMILY
 from ..core.pixart_backend import attention_mask_of
+from ..core.sdxl_backend import pack as pack_sdxl, unpack as unpack_sdxl
 from .conditioning import fit_tokens
 from .pixart import T5_WIDTH, full_rows
 
@@ -92,8 +98,8 @@ def is_pixart(model) -> bool:
 
 
 class ComfyBackend:
-    """SD1.x/SD2.x or PixArt-α MODEL + VAE (+ CLIP/T5 for prompt encoding) of a running ComfyUI, with cloned
-    frozen weights.
+    """SD1.x/SD2.x, SDXL or PixArt-α MODEL + VAE (+ CLIP/T5 for prompt encoding) of a running ComfyUI, with
+    cloned frozen weights.
 
     Build it with :func:`prepared` (which also loads the models onto the device) and use it inside that block.
     """
@@ -107,21 +113,23 @@ class ComfyBackend:
         self._unet = base.diffusion_model
         cfg = base.model_config.unet_config
         self.pixart = is_pixart(model)
+        self.sdxl = is_sdxl(model)
         if self.pixart:
             if cfg.get("image_model") != "pixart_alpha":
                 raise RenegError(f"This PixArt MODEL is {cfg.get('image_model')!r} (ComfyUI detects PixArt-Σ, and "
                                  "PixArt-α checkpoints without micro-conditions, as pixart_sigma): ReNeg supports "
-                                 "PixArt-α (e.g. PixArt-XL-2-1024-MS) and SD1.x/SD2.x.")
+                                 "PixArt-α (e.g. PixArt-XL-2-1024-MS), SD1.x/SD2.x and SDXL.")
             self.family = PIXART_FAMILY
         elif not isinstance(self._unet, UNetModel):
-            raise RenegError(f"ReNeg needs an SD1.x/SD2.x UNet or PixArt-α; this MODEL is a "
-                             f"{type(self._unet).__name__} ({type(base).__name__}). Load an SD1.x, SD2.x or "
+            raise RenegError(f"ReNeg needs an SD1.x/SD2.x/SDXL UNet or PixArt-α; this MODEL is a "
+                             f"{type(self._unet).__name__} ({type(base).__name__}). Load an SD1.x, SD2.x, SDXL or "
                              "PixArt-α checkpoint.")
-        elif base.adm_channels or getattr(base, "concat_keys", ()) or cfg.get("in_channels", 4) != 4:
-            raise RenegError(f"{type(base).__name__} needs extra inputs (SDXL/unCLIP/inpaint/upscale models): "
-                             "ReNeg supports plain text-to-image SD1.x/SD2.x checkpoints.")
+        # SDXL's adm (pooled + size embedding) is built by the model's own encode_adm (see model_output)
+        elif (base.adm_channels and not self.sdxl) or getattr(base, "concat_keys", ()) or cfg.get("in_channels", 4) != 4:
+            raise RenegError(f"{type(base).__name__} needs extra inputs (SDXL refiner/unCLIP/inpaint/upscale "
+                             "models): ReNeg supports plain text-to-image SD1.x/SD2.x and SDXL checkpoints.")
         else:
-            self.family = "sd"
+            self.family = "sdxl" if self.sdxl else "sd"
         if vae is None or getattr(vae, "first_stage_model", None) is None:
             raise RenegError("The VAE input is empty or invalid: connect the checkpoint's VAE (or a VAE loader).")
         self.context_dim = (int(self._unet.y_embedder.y_proj.fc1.weight.shape[1]) if self.pixart
@@ -179,9 +187,20 @@ class ComfyBackend:
             t = t.expand(latents.shape[0])
         if self.pixart:
             return self._pixart_output(latents.to(device, dtype), t, context.to(device, dtype))
-        out = functional_call(self._unet, self._unet_params, (latents.to(device, dtype), t),
-                              {"context": context.to(device, dtype), "transformer_options": {}})
+        kwargs = {"context": context.to(device, dtype), "transformer_options": {}}
+        if self.sdxl:
+            ctx, pooled = unpack_sdxl(context)
+            kwargs["context"] = ctx.to(device, dtype)
+            kwargs["y"] = self.sdxl_adm(pooled, latents.shape[-2] * 8, latents.shape[-1] * 8).to(device, dtype)
+        out = functional_call(self._unet, self._unet_params, (latents.to(device, dtype), t), kwargs)
         return out.float()
+
+    def sdxl_adm(self, pooled: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """SDXL's ``y`` ``[B, 2816]`` for pooled ``[B, 1280]`` at an image of ``height`` x ``width``, from the
+        model's ``encode_adm`` with the arguments ComfyUI's sampler gives it (``comfy/samplers.py:
+        encode_model_conds``: width/height = latent size · 8; crop 0 and target = size by default)."""
+        return self._base.encode_adm(pooled_output=pooled, width=int(width), height=int(height),
+                                     device=pooled.device)
 
     def cache_prompts(self, prompts: Sequence[str]) -> None:
         """PixArt: encode the prompts not cached yet with the T5 (CPU fp32 cache), so training never calls the
@@ -217,14 +236,38 @@ class ComfyBackend:
         return ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0).to(latents.device)
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """``[len(prompts), 77, D]`` from the connected CLIP (first 77-token chunk of long prompts); PixArt:
-        ``[len(prompts), 120, 4096]`` from the connected T5, zero rows after each prompt's own tokens."""
+        """``[len(prompts), 77, D]`` from the connected CLIP (first 77-token chunk of long prompts); SDXL: packed
+        ``[len(prompts), 78, 2048]`` (context + pooled); PixArt: ``[len(prompts), 120, 4096]`` from the connected
+        T5, zero rows after each prompt's own tokens."""
         if self.pixart:
             self.cache_prompts(prompts)
             conds = [self._prompt_cache[p] for p in prompts]
+        elif self.sdxl:  # packed [B, 78, 2048]: context + pooled of the SDXL CLIP
+            conds = [pack_sdxl(*_sdxl_pair(encode_text(self.clip, p), p)) for p in prompts]
         else:
             conds = [encode_text(self.clip, p)[0] for p in prompts]
         return torch.cat(conds).to(self.device, self.dtype)
+
+
+def _sdxl_pair(encoded: tuple[torch.Tensor, torch.Tensor | None], prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    cond, pooled = encoded
+    if cond.shape[-1] != 2048 or pooled is None or pooled.shape[-1] != 1280:
+        raise RenegError(f"The CLIP input encodes {prompt[:40]!r} to {list(cond.shape)} with pooled "
+                         f"{None if pooled is None else list(pooled.shape)}; an SDXL MODEL needs its own CLIP "
+                         "(CLIP-L + OpenCLIP-bigG: [1, 77, 2048] and pooled [1, 1280]). Connect the SDXL "
+                         "checkpoint's CLIP.")
+    return cond, pooled
+
+
+def is_sdxl(model) -> bool:
+    """True for ComfyUI's SDXL MODEL (``comfy.model_base.SDXL``: SDXL base and its fine-tunes, Segmind-Vega,
+    SSD-1B, KOALA; not the refiner, whose conditioning differs)."""
+    base = getattr(model, "model", None)
+    if base is None:
+        return False
+    import comfy.model_base
+
+    return isinstance(base, comfy.model_base.SDXL)
 
 
 def encode_text(clip, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:

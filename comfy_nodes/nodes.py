@@ -22,9 +22,10 @@ from ..core.rewards import REWARD_NAMES
 from ..core.rewards.weights import REWARDS_DIR_ENV
 from ..core.train import TrainConfig
 from . import embedding_run, files, train_modes
-from .conditioning import apply_strength, pack, row_tensors
+from .conditioning import apply_strength, pack, pooled_of, row_tensors
 from .model_adapter import empty_conditioning
 from .pixart import T5_WIDTH, attended_rows
+from .sdxl import conditioning_of, is_sdxl_width, packed_of
 
 log = logging.getLogger("reneg")
 CATEGORY = "conditioning/reneg"
@@ -135,6 +136,9 @@ class LoadEmbedding(io.ComfyNode):
             raise RenegError(f"{embedding} attends {tensor.shape[1]} rows but PixArt's empty prompt attends "
                              f"{null.shape[1]}: strength can only blend negatives of the empty prompt's layout "
                              "(e.g. the released file). Set strength to 1.")
+        if is_sdxl_width(null.shape[-1]):  # SDXL: context and pooled both blend with the empty prompt's
+            return io.NodeOutput(conditioning_of(apply_strength(tensor, packed_of(null, pooled, "The CLIP input"),
+                                                                strength)))
         tensor = apply_strength(tensor, null, strength)
         return io.NodeOutput(pack(tensor, pooled))
 
@@ -355,7 +359,8 @@ class TrainGlobal(io.ComfyNode):
         negative = result.negative
         if negative.shape[-1] == T5_WIDTH:  # PixArt: the KSampler gets the attended rows (comfy_nodes/pixart.py)
             negative = attended_rows(negative.detach().cpu().float())
-        return io.NodeOutput(pack(negative), reward_curve_image(out),
+        return io.NodeOutput(conditioning_of(negative) if is_sdxl_width(negative.shape[-1]) else pack(negative),
+                             reward_curve_image(out),
                              ui=ui.PreviewText(f"{plan.describe(result.total_steps)}: saved {out} after "
                                                f"{result.step}/{result.total_steps} steps"))
 
@@ -398,8 +403,12 @@ class SaveEmbedding(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, filename_prefix, note="") -> io.NodeOutput:
+        rows = row_tensors(conditioning, "Save ReNeg Embedding")
+        if is_sdxl_width(rows[0].shape[-1]):  # SDXL: each row saved as the two-tensor file (context + pooled)
+            packed = packed_of(conditioning[0][0], pooled_of(conditioning), "Save ReNeg Embedding")
+            rows = [packed[i:i + 1] for i in range(packed.shape[0])]
         paths = [embedding_run.save_new(_embedding_dirs()[0], filename_prefix, row, created_by="reneg-comfyui",
-                                        note=note) for row in row_tensors(conditioning, "Save ReNeg Embedding")]
+                                        note=note) for row in rows]
         for path in paths:
             log.info("ReNeg: saved %s", path)
         return io.NodeOutput(ui=ui.PreviewText("\n".join(str(p) for p in paths)))

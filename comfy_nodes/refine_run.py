@@ -26,6 +26,7 @@ from .conditioning import fit_tokens, pooled_of
 from .model_adapter import is_pixart, prepared
 from .pixart import attended_batch, full_rows
 from .progress import Reporter, bchw_to_comfy_image, comfy_reporter
+from .sdxl import conditioning_of, is_sdxl_width, packed_of
 
 
 @dataclass
@@ -140,12 +141,17 @@ def negative_rows(negative: Any, rows: int) -> torch.Tensor:
     if tensor.dim() != 3 or tensor.shape[0] not in (1, rows):
         raise RenegError(f"negative: conditioning tensor has shape {list(tensor.shape)}; ReNeg Refine needs "
                          f"[1, tokens, dim] (one start for all rows) or [{rows}, tokens, dim].")
+    if is_sdxl_width(tensor.shape[-1]):  # SDXL: context + pooled_output, packed for the engine
+        return packed_of(tensor, negative[0][1].get("pooled_output") if isinstance(negative[0][1], dict) else None,
+                         "negative")
     with torch.inference_mode(False):
         return tensor.detach().to("cpu", torch.float32).clone()
 
 
 def pack_rows(best: torch.Tensor, negative: Any) -> list[Any]:
     """The refined negatives as one CONDITIONING ``[B, T, D]`` (pooled_output carried, repeated per row)."""
+    if is_sdxl_width(best.shape[-1]):
+        return conditioning_of(best)  # SDXL: each row's own refined pooled part
     pooled = pooled_of(negative)
     rows = best.shape[0]
     if pooled is None or pooled.shape[0] not in (1, rows):
@@ -175,7 +181,11 @@ def refine_conditioning(model, vae, positive_rows: Sequence[list[Any]], negative
         init = full_rows(init, "negative")
     conds = []
     for c, p in zip(positive_rows, prompts):
-        tensor, _ = _entry(c, p)
+        tensor, extra = _entry(c, p)
+        if is_sdxl_width(init.shape[-1]):
+            check_compatible(init, int(tensor.shape[-1]), where="CLIP (the prompt's conditioning)")
+            conds.append(packed_of(tensor, extra.get("pooled_output"), "positive"))
+            continue
         with torch.inference_mode(False):
             tensor = tensor.detach().to("cpu", torch.float32).clone()
             if not pixart:  # e.g. a PixArt negative on an SD model: the family error, not a token-count one

@@ -243,12 +243,3 @@ def test_info_and_convert_keep_the_pair(tmp_path, capsys):
     converted = load_embedding(dst)
     assert torch.equal(converted.tensor, pair) and converted.metadata["source_file"] == "src.safetensors"
 
-
-@pytest.mark.parametrize("width", [2048, 768])
-def test_comfy_load_node_refuses_an_sdxl_pair_until_the_host_part_exists(tmp_path, width):
-    from reneg.comfy_nodes import embedding_run
-
-    pair = pack(torch.zeros(1, 77, 2048), torch.zeros(1, 1280))
-    path = save_embedding(tmp_path / "xl.safetensors", pair)
-    with pytest.raises(IncompatibleEmbeddingError, match="xl.safetensors is an SDXL negative.*ComfyUI cannot apply"):
-        embedding_run.load_for_clip(path, path.name, width, {})
