@@ -95,7 +95,8 @@ class LoadEmbedding(io.ComfyNode):
                                        "must match the checkpoint: released files for SD1.x models: "
                                        f"{by_width[768]}; for SD2.x (768-v) models: {by_width[1024]}; for "
                                        f"PixArt-α: {by_width[T5_WIDTH]} (given to the KSampler as the rows "
-                                       "PixArt attends to)."),
+                                       "PixArt attends to); SDXL files you trained (context + pooled) fit SDXL "
+                                       "models and their fine-tunes."),
                 io.Float.Input("strength", default=1.0, min=-1.0, max=3.0, step=0.05,
                                tooltip="Blend with the empty-prompt negative: 0 = plain empty prompt, 1 = the "
                                        "embedding as trained."),
@@ -197,7 +198,7 @@ class Refine(io.ComfyNode):
                         "its reward is never below the start negative's (a KSampler with another sampler can "
                         "differ).",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x/SD2.x or PixArt-α checkpoint's MODEL (the one the "
+                io.Model.Input("model", tooltip="The SD1.x/SD2.x, SDXL or PixArt-α checkpoint's MODEL (the one the "
                                                 "KSampler uses)."),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP (PixArt-α: its T5-XXL): encodes the prompt(s)."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE: decodes the images the reward scores."),
@@ -280,7 +281,7 @@ class TrainGlobal(io.ComfyNode):
                         "curve) every save_every steps, on interrupt and at the end. Run it again with more "
                         "steps to train further ('continue').",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.x/SD2.x or PixArt-α checkpoint's MODEL to train for."),
+                io.Model.Input("model", tooltip="The SD1.x/SD2.x, SDXL or PixArt-α checkpoint's MODEL to train for."),
                 io.Clip.Input("clip", tooltip="The checkpoint's CLIP (PixArt-α: its T5-XXL, which encodes all "
                                               "prompts once, before training): encodes the training prompts."),
                 io.Vae.Input("vae", tooltip="The checkpoint's VAE: decodes the images the reward scores."),
