@@ -19,12 +19,12 @@ from reneg.core.train import TrainConfig, batch_latents, render, train_global
 TRAIN, HELD_OUT = data.split_prompts()
 STEPS = 10
 # Margins: about two thirds of what the shipped weights measured (values in the comments, CPU, seeds fixed).
-GLOBAL_MARGIN = 6.0      # measured: null 53.45 -> global 62.98 (+9.5); win rate 0.58 (wide per-image spread)
-GLOBAL_WIN_RATE = 0.5
-REFINE_MARGIN = 20.0     # measured final-image gains over global: mean +89.1 (8/8 better) in the toy3 helper's run,
-REFINE_WIN_RATE = 0.75   # mean +42.0 in the full CI run (79.7, 7.5, 59.9, 94.4, 10.2, 35.5, ...; ≥ 7/8 better)
-TRANSFER_MARGIN = 3.0    # measured on toy-2: null 46.02 -> global-from-toy 50.61 (+4.6); win rate 0.54
-TRANSFER_WIN_RATE = 0.45
+GLOBAL_MARGIN = 12.0     # measured: null 48.72 -> global 67.35 (+18.6); win rate 0.46 (a few large gains: wide spread)
+GLOBAL_WIN_RATE = 0.4
+REFINE_MARGIN = 20.0     # measured final-image gains over global: mean +28.7, 7/8 better (32.5, 19.6, 45.2, 55.8, 0.3,
+REFINE_WIN_RATE = 0.75   # 75.6, 0.0, 0.4)
+TRANSFER_MARGIN = 6.0    # measured on toy-2: null 56.39 -> global-from-toy 67.08 (+10.7); win rate 0.46
+TRANSFER_WIN_RATE = 0.4
 RECIPE = TrainConfig(steps=20, batch_size=8, micro_batch=8, lr=0.05, num_inference_steps=STEPS, height=32,
                      width=32, seed=0)
 EVAL = EvalConfig(num_inference_steps=STEPS, height=32, width=32, seed=1000, images_per_prompt=2, batch_size=12)
@@ -61,7 +61,7 @@ def test_global_negative_beats_null_on_held_out_prompts(toy, toy_reward, learned
     assert means["global"] - means["null"] >= GLOBAL_MARGIN, means
     assert wins["global"]["null"] >= GLOBAL_WIN_RATE, wins
     rewards = [row["reward_mean"] for row in learned.log]
-    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5  # training reward went up too (measured 50.2 -> 54.1)
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5  # training reward went up too (measured 40.7 -> 51.7)
     for module in (toy.unet, toy.vae, toy.text_encoder):
         assert all(p.grad is None and not p.requires_grad for p in module.parameters())
 

@@ -9,7 +9,7 @@ the inverse of diffusers' own ``convert_ldm_*_checkpoint`` (the tests check the 
 and tests, not for art.
 
 Caveat for hosts: the ``ldm`` classes A1111 and ComfyUI build hard-code 32 GroupNorm groups; the toy nets use
-4-8 channels per group (see :mod:`.models`), so a host computing the checkpoint with its own classes gets
+fewer, wider groups (see :mod:`.models`), so a host computing the checkpoint with its own classes gets
 similar but not identical outputs, and widths below 32 do not build there at all. Exact host checks should copy
 the weights into the host's classes with the toy group counts, as ``tests/e2e/comfy_builders.py`` does for
 ``tiny``.

@@ -3,8 +3,9 @@
     python -m reneg.core.toy_world.train_world [--out DIR] [--threads 1] [--stages toy,toy-2]
 
 Reproducible: every stage draws from its own seeded ``torch.Generator`` / ``random.Random`` and the data is a pure
-function of its seed, so the same seed and thread count give the same weights (CPU). About 45 minutes at 1 thread on
-a busy 2-core machine (VAE 11, reward 10, toy 18.5, toy-2 2.2; ``world.json`` has the measured seconds); writes the fp16 ``.safetensors`` files the pack ships in ``core/toy_world/weights/`` and ``world.json``
+function of its seed, so the same seed and thread count give the same weights (CPU). About 50 minutes at 1 thread on
+a busy 2-core machine (VAE 7.7, reward 2.5, toy 34.7, toy-2 4.5; reward may run beside toy; ``world.json`` has the
+measured seconds); writes the fp16 ``.safetensors`` files the pack ships in ``core/toy_world/weights/`` and ``world.json``
 (recipe, timings, sizes). Toy models for demos and tests -- not for art.
 """
 from __future__ import annotations
@@ -32,15 +33,15 @@ from .models import (MANIFEST, REWARD_FILE, TEXT_ENCODER_FILE, TOY_GENERATORS, V
 class WorldRecipe:
     data_seed: int = 0
     n_images: int = 10000
-    vae_steps: int = 900
+    vae_steps: int = 1500
     vae_batch: int = 16
-    vae_crop: int = 16            #: the VAE is convolutional: train on random crops (4x cheaper)
+    vae_crop: int = 32            #: < 32: train on random crops (cheaper); whole images since GroupNorm has 1 group
     vae_lr: float = 4e-3
     vae_kl: float = 1e-6
     unet_steps: int = 2200
     unet2_steps: int = 300
     unet2_images: int = 3000      #: toy-2's own dataset (seed and defect rate from TOY_GENERATORS)
-    unet_batch: int = 16
+    unet_batch: int = 64          #: a step costs about the same at 16 and 64 on CPU (overhead-bound): 4x the data
     unet_lr: float = 2e-3
     unet_warmup: int = 100
     train_tokens: bool = True     #: train the text encoder's token table too, as CLIP does (its seeded std-0.02 rows
