@@ -1,6 +1,6 @@
 """SDXL end-to-end in a real ComfyUI (opt-in: ``COMFYUI_PATH``; see ``comfy_server.py``).
 
-The server gets this pack, the SDXL probe pack (``probe_sdxl_node.py``) and a random-weight checkpoint ComfyUI
+The server gets this pack, the probe pack (``probe_node.py``) and a random-weight checkpoint ComfyUI
 detects as SDXL-family (``comfy_sdxl_builders.py``: KOALA-700M's detection keys, ``model_base.SDXL``); the text
 encoders are the probe pack's tiny SDXL CLIP (ComfyUI's own SDXL tokenizer/encoder classes, small config).
 Shown: Load ReNeg Embedding -> KSampler feeds the file's context as the uncond cross-attention and ComfyUI's
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -58,9 +57,6 @@ def server(tmp_path_factory):
     srv = cs.ComfyServer(tmp_path_factory.mktemp("comfy_base"), checkpoint, embeddings)
     ckpts = srv.base / "models" / "checkpoints"
     (ckpts / cs.CHECKPOINT_NAME).rename(ckpts / CHECKPOINT)
-    probe = srv.base / "custom_nodes" / "reneg_e2e_probe_sdxl"
-    probe.mkdir()
-    shutil.copy(cs.HERE / "probe_sdxl_node.py", probe / "__init__.py")
     srv.start()
     yield srv
     srv.stop()
@@ -71,7 +67,7 @@ def base_graph(tag: str) -> dict:
     return {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
         "clip": {"class_type": "ReNegE2ETinySDXLClip", "inputs": {"seed": 0}},
-        "probe": {"class_type": "ReNegE2ESDXLProbe", "inputs": {"model": ["ckpt", 0], "tag": tag}},
+        "probe": {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": tag}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["clip", 0]}},
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}},
         "ks": {"class_type": "KSampler", "inputs": {
