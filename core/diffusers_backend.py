@@ -117,6 +117,22 @@ def _offline_hint(model: str) -> str:
             "world) or --model tiny (random).")
 
 
+def model_index_class(folder: Path) -> str:
+    """The pipeline class a folder's ``model_index.json`` names, or "" when it names none (a missing, oversized or
+    malformed index is reported by the loader that needs it, with the file's name). Used to pick the family."""
+    import json
+
+    index = folder / "model_index.json"
+    try:
+        if index.stat().st_size > 1 << 20:
+            return ""
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return ""
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else ""
+
+
 def check_model_index(folder: Path) -> None:
     """A diffusers folder's ``model_index.json`` must be a readable JSON object naming its components."""
     import json

@@ -18,13 +18,13 @@ output (first half of the channels is ε), the T5 prompt encoding with a cache, 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
+from .diffusers_backend import model_index_class
 from .errors import MissingWeightsError, RenegError
 
 FAMILY = "pixart-alpha"
@@ -183,20 +183,6 @@ class PixArtBackend:
                                    scheduler=DDIMScheduler.from_config(self.scheduler_config))
 
 
-def _model_index_class(path: Path) -> str:
-    """The pipeline class a folder's ``model_index.json`` names, or "" when it names none (a malformed index is
-    reported by the loader that needs it, with the file's name)."""
-    index = path / "model_index.json"
-    try:
-        if index.stat().st_size > 1 << 20:
-            return ""
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return ""
-    name = data.get("_class_name") if isinstance(data, dict) else None
-    return name if isinstance(name, str) else ""
-
-
 def is_pixart_model(model: str) -> bool:
     """True for ``tiny-pixart``, a diffusers folder of a PixArt pipeline, or a hub id naming PixArt."""
     from .tiny_pixart import TINY_PIXART
@@ -205,7 +191,7 @@ def is_pixart_model(model: str) -> bool:
         return True
     path = Path(os.path.expanduser(model))
     if path.is_dir():
-        return _model_index_class(path).startswith("PixArt")
+        return model_index_class(path).startswith("PixArt")
     return not path.exists() and model.count("/") == 1 and "pixart" in model.lower()
 
 
@@ -218,7 +204,7 @@ def load_pixart_backend(model: str, device: str | torch.device = "cpu", dtype: t
         shared = torch.device(device) == torch.device("cpu") and dtype == torch.float32
         return load_tiny_pixart_backend(fresh=not shared).to(device=device, dtype=dtype)
     path = Path(os.path.expanduser(model))
-    sigma = _model_index_class(path) == "PixArtSigmaPipeline" if path.is_dir() else "sigma" in model.lower()
+    sigma = model_index_class(path) == "PixArtSigmaPipeline" if path.is_dir() else "sigma" in model.lower()
     if sigma:
         raise RenegError(f"'{model}' is a PixArt-Σ model; ReNeg supports PixArt-α "
                          "(e.g. PixArt-alpha/PixArt-XL-2-512x512).")

@@ -15,7 +15,6 @@ files store the two tensors separately (:mod:`.embedding_io`). The size/crop con
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .diffusers_backend import DiffusersBackend
+from .diffusers_backend import DiffusersBackend, model_index_class
 from .errors import IncompatibleEmbeddingError, MissingWeightsError, RenegError
 
 FAMILY = "sdxl"
@@ -221,15 +220,6 @@ def from_pipeline(pipe, name: str) -> SDXLBackend:
 
 
 # -------------------------------------------------------------------------------------------------- loading
-def _index_class(folder: Path) -> str:
-    try:
-        data = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return ""
-    name = data.get("_class_name") if isinstance(data, dict) else None
-    return name if isinstance(name, str) else ""
-
-
 def single_file_is_sdxl(path: Path) -> bool:
     """True for an original-layout SDXL ``.safetensors`` checkpoint (judged by its header's keys, nothing read)."""
     if path.suffix.lower() != ".safetensors":
@@ -250,7 +240,7 @@ def _hub_index_class(repo: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(repo, "model_index.json")
-        return _index_class(Path(cached).parent) if isinstance(cached, str) else None
+        return model_index_class(Path(cached).parent) if isinstance(cached, str) else None
     except Exception:  # a malformed repo id or cache: judge by the name
         return None
 
@@ -263,7 +253,7 @@ def is_sdxl_model(model: str) -> bool:
         return True
     path = Path(os.path.expanduser(model))
     if path.is_dir():
-        return _index_class(path).startswith("StableDiffusionXL")
+        return model_index_class(path).startswith("StableDiffusionXL")
     if path.is_file():
         return single_file_is_sdxl(path)
     if path.exists() or model.count("/") != 1 or model.startswith((".", "/", "~")):
