@@ -246,6 +246,21 @@ def comfy_pixart_from_diffusers(transformer):
                                             offload_device=mm.unet_offload_device())
 
 
+def adapter_vs_reference(backend, ref, x: torch.Tensor, ctx: torch.Tensor, latents: torch.Tensor) -> dict:
+    """The ComfyUI adapter ``backend`` against the engine's own ``ref`` backend on the same weights: model output
+    at t = 999/500/1 on ``x`` (a backward from t = 500 fills ``ctx.grad``), decode of ``latents``, the schedule."""
+    out = {t: backend.model_output(x, t, ctx) for t in (999, 500, 1)}
+    out[500].square().mean().backward()
+    with torch.no_grad():
+        return {
+            "prediction_type": backend.prediction_type,
+            "model_output_max_abs_diff": max(float((out[t] - ref.model_output(x, t, ctx)).abs().max()) for t in out),
+            "decode_max_abs_diff": float((backend.decode(latents) - ref.decode(latents)).abs().max()),
+            "alphas_max_abs_diff": float((backend.alphas_cumprod - ref.alphas_cumprod).abs().max()),
+            "context_grad_norm": float(ctx.grad.norm()),
+        }
+
+
 def pixart_checks(released: str | None = None) -> dict:
     """ComfyUI's PixArt (attended rows only, no mask) vs diffusers' ``PixArtTransformer2DModel`` (120 rows + mask)
     on tiny-pixart's weights, and :class:`ComfyBackend` on that MODEL vs the CLI's ``PixArtBackend``."""
@@ -291,20 +306,10 @@ def pixart_checks(released: str | None = None) -> dict:
     with torch.inference_mode(False), torch.enable_grad():
         backend = ComfyBackend(model, vae).load()
         ctx = torch.cat([negative, prompt]).clone().requires_grad_(True)  # two rows, two different masks
-        out = {t: backend.model_output(x, t, ctx) for t in (999, 500, 1)}
-        out[500].square().mean().backward()
-        with torch.no_grad():
-            small = torch.randn(1, 4, 16, 16, generator=gen)
-            facts["adapter"] = {
-                "family": backend.family, "context_dim": backend.context_dim,
-                "prediction_type": backend.prediction_type,
-                "model_output_max_abs_diff": max(float((out[t] - ref.model_output(x, t, ctx)).abs().max())
-                                                 for t in out),
-                "decode_max_abs_diff": float((backend.decode(small) - ref.decode(small)).abs().max()),
-                "alphas_max_abs_diff": float((backend.alphas_cumprod - ref.alphas_cumprod).abs().max()),
-                "context_grad_norm": float(ctx.grad.norm()),
-                "masked_rows_grad_max": float(ctx.grad[0, 1:].abs().max()),
-            }
+        small = torch.randn(1, 4, 16, 16, generator=gen)
+        facts["adapter"] = {"family": backend.family, "context_dim": backend.context_dim,
+                            **adapter_vs_reference(backend, ref, x, ctx, small),
+                            "masked_rows_grad_max": float(ctx.grad[0, 1:].abs().max())}
         backend.release()
     import comfy.model_base
     import comfy.model_patcher
@@ -409,17 +414,7 @@ def adapter_checks() -> dict:
         with torch.inference_mode(False), torch.enable_grad():
             backend = ComfyBackend(model, vae).load()
             x, ctx = x.clone(), ctx.clone().requires_grad_(True)
-            out = {t: backend.model_output(x, t, ctx) for t in (999, 500, 1)}
-            out[500].square().mean().backward()
-            with torch.no_grad():
-                facts[name] = {
-                    "prediction_type": backend.prediction_type,
-                    "model_output_max_abs_diff": max(float((out[t] - ref.model_output(x, t, ctx)).abs().max())
-                                                     for t in out),
-                    "decode_max_abs_diff": float((backend.decode(x) - ref.decode(x)).abs().max()),
-                    "alphas_max_abs_diff": float((backend.alphas_cumprod - ref.alphas_cumprod).abs().max()),
-                    "context_grad_norm": float(ctx.grad.norm()),
-                }
+            facts[name] = adapter_vs_reference(backend, ref, x, ctx, x)
         if name == "tiny":
             patched = ModelSamplingDiscrete().patch(model, "v_prediction", True)[0]
             b = ComfyBackend(patched, vae)
