@@ -27,11 +27,12 @@ def pack(tensor: torch.Tensor, pooled: torch.Tensor | None = None) -> list[list[
 def row_tensors(conditioning: Any, what: str) -> list[torch.Tensor]:
     """Each row ``[1, T, D]`` of a one-entry conditioning ``[B, T, D]`` (e.g. ReNeg Refine's batch output), as
     normal fp32 CPU clones."""
-    tensor = _plain(_entry_tensor(conditioning, what))
+    tensor = plain(entry_tensor(conditioning, what))
     return [tensor[i:i + 1].clone() for i in range(tensor.shape[0])]
 
 
-def _entry_tensor(conditioning: Any, what: str) -> torch.Tensor:
+def entry_tensor(conditioning: Any, what: str) -> torch.Tensor:
+    """The ``[rows, T, D]`` tensor of a one-entry conditioning (as given: may be an inference tensor)."""
     if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise RenegError(f"{what}: expected a CONDITIONING (list of [tensor, dict]); got {type(conditioning).__name__}.")
     if len(conditioning) != 1:
@@ -47,7 +48,8 @@ def _entry_tensor(conditioning: Any, what: str) -> torch.Tensor:
     return tensor
 
 
-def _plain(tensor: torch.Tensor) -> torch.Tensor:
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A normal (autograd-capable) fp32 CPU clone of a (possibly inference) tensor."""
     with torch.inference_mode(False):
         return tensor.detach().to("cpu", torch.float32).clone()
 

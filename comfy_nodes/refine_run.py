@@ -22,7 +22,7 @@ import torch
 from ..core.embedding_io import check_compatible
 from ..core.errors import RenegError
 from ..core.refine import RefineConfig, refine_batch, refinement_step_index
-from .conditioning import fit_tokens, pooled_of
+from .conditioning import entry_tensor, fit_tokens, plain, pooled_of
 from .model_adapter import is_pixart, prepared
 from .pixart import attended_batch, full_rows
 from .progress import Reporter, bchw_to_comfy_image, comfy_reporter
@@ -133,19 +133,13 @@ def batch_positive(encoded: Sequence[list[Any]], prompts: Sequence[str]) -> list
 
 def negative_rows(negative: Any, rows: int) -> torch.Tensor:
     """The start negative(s) ``[1|rows, T, D]`` as an autograd-capable fp32 CPU tensor."""
-    if not isinstance(negative, (list, tuple)) or len(negative) != 1 or not isinstance(negative[0], (list, tuple)) \
-            or not isinstance(negative[0][0], torch.Tensor):
-        raise RenegError("negative: expected one CONDITIONING entry [tensor, dict] (connect a single Load ReNeg "
-                         "Embedding or CLIP Text Encode).")
-    tensor = negative[0][0]
-    if tensor.dim() != 3 or tensor.shape[0] not in (1, rows):
+    tensor = entry_tensor(negative, "negative")
+    if tensor.shape[0] not in (1, rows):
         raise RenegError(f"negative: conditioning tensor has shape {list(tensor.shape)}; ReNeg Refine needs "
                          f"[1, tokens, dim] (one start for all rows) or [{rows}, tokens, dim].")
     if is_sdxl_width(tensor.shape[-1]):  # SDXL: context + pooled_output, packed for the engine
-        return packed_of(tensor, negative[0][1].get("pooled_output") if isinstance(negative[0][1], dict) else None,
-                         "negative")
-    with torch.inference_mode(False):
-        return tensor.detach().to("cpu", torch.float32).clone()
+        return packed_of(tensor, pooled_of(negative), "negative")
+    return plain(tensor)
 
 
 def pack_rows(best: torch.Tensor, negative: Any) -> list[Any]:
