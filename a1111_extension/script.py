@@ -137,10 +137,6 @@ class RenegScript(scripts.Script):
             found = library.resolve(a.embedding, settings.embedding_dirs())
             with runtime.torch_load_unpatched():
                 emb, file_hash = _embeddings.load(found.path)
-            if emb.pooled is not None:  # an SDXL pair: the {'crossattn', 'vector'} uncond is not filled yet
-                from ..core.sdxl_backend import not_yet_in_host
-
-                raise RenegError(not_yet_in_host(found.name, "A1111/Forge"))
             check_compatible(emb.tensor, model_context_dim(shared.sd_model), where="loaded checkpoint")
         except RenegError as exc:
             _report(p, KEY_NOT_APPLIED, str(exc))

@@ -13,8 +13,11 @@ Rules (also in ``docs/a1111.md``):
 * **Token count**: the negative keeps its own ``T`` (77). A1111 already handles cond/uncond of different lengths
   (it pads with empty-prompt chunks when "pad prompt/negative prompt" is on, otherwise runs them as separate
   batches), so nothing is tiled: repeating the 77 vectors would change the attention distribution.
-* **Dict uncond** (SDXL ``{'crossattn', 'vector'}``): only ``crossattn`` is replaced, every other key (``vector``)
-  is kept; the dict's class (A1111's ``DictWithShape``) is preserved.
+* **Dict uncond** (SDXL ``{'crossattn', 'vector'}``, A1111 and Forge alike): an SDXL ReNeg negative (the engine's
+  packed ``[1|B, 78, 2048]``: context rows + pooled row, :mod:`~..core.sdxl_backend`) replaces ``crossattn`` with
+  its context and ``vector[:, :1280]`` with its pooled embedding; ``vector[:, 1280:]`` — the size/crop embedding
+  the webui computed for this generation — is kept. A context-only 2048-wide negative replaces ``crossattn`` only.
+  Every other key is kept and the dict's class (A1111's ``DictWithShape``) is preserved.
 * **Width mismatch** (e.g. an SD1.x embedding on an SDXL or SD2.x model), or a batch that cannot be broadcast:
   no-op plus one warning per generation.
 * ``None`` uncond (Forge at CFG 1) is returned unchanged.
@@ -81,35 +84,82 @@ def _warn_once(plan: UncondPlan, key: str, message: str, warn: Optional[Warn]) -
     (warn or log.warning)(message)
 
 
-def replace_tensor(uncond: torch.Tensor, plan: UncondPlan, warn: Optional[Warn] = None) -> torch.Tensor:
-    """The replacement for a tensor uncond ``[B, T', D]``; ``uncond`` itself when it cannot apply."""
+def _checked_negative(uncond: torch.Tensor, plan: UncondPlan, warn: Optional[Warn]) -> Optional[torch.Tensor]:
+    """The plan's negative as ``[B, T, D]`` for a tensor uncond ``[B, T', D]`` (its device and dtype), or None
+    (with one warning) when the rank, width or batch does not fit."""
     if uncond.dim() != 3:
         _warn_once(plan, f"rank{uncond.dim()}", f"ReNeg: uncond has shape {list(uncond.shape)}, expected "
                    f"[batch, tokens, dim]; '{plan.name}' not applied.", warn)
-        return uncond
+        return None
     dim, want = int(uncond.shape[-1]), int(plan.negative.shape[-1])
     if dim != want:
         _warn_once(plan, f"dim{dim}", f"ReNeg: '{plan.name}' is {want}-wide but this model's conditioning is "
                    f"{dim}-wide (different model family); negative embedding not applied. Use an embedding "
                    "trained for this model.", warn)
-        return uncond
+        return None
     rows = int(uncond.shape[0])
     neg = plan.negative_for(rows, uncond.device, uncond.dtype)
     if neg is None:
         _warn_once(plan, f"rows{rows}", f"ReNeg: '{plan.name}' has {plan.negative.shape[0]} rows, cannot "
                    f"broadcast to a batch of {rows}; negative embedding not applied.", warn)
+    return neg
+
+
+def _blend(uncond: torch.Tensor, neg: torch.Tensor, strength: float) -> torch.Tensor:
+    """``(1 − s)·uncond[:, :T] + s·neg`` (a new tensor; ``s >= 1`` is ``neg``). A shorter uncond is padded with its
+    last vector."""
+    if strength >= 1.0:
+        return neg.clone()
+    tokens = neg.shape[1]
+    base = uncond[:, :tokens]
+    if base.shape[1] < tokens:  # shorter uncond than the embedding: pad with its last vector
+        base = torch.cat([base, base[:, -1:].expand(base.shape[0], tokens - base.shape[1], base.shape[-1])], dim=1)
+    s = float(strength)
+    return base * (1.0 - s) + neg * s
+
+
+def replace_tensor(uncond: torch.Tensor, plan: UncondPlan, warn: Optional[Warn] = None) -> torch.Tensor:
+    """The replacement for a tensor uncond ``[B, T', D]``; ``uncond`` itself when it cannot apply."""
+    neg = _checked_negative(uncond, plan, warn)
+    if neg is None:
         return uncond
-    if plan.strength >= 1.0:
-        out = neg.clone()
-    else:
-        tokens = neg.shape[1]
-        base = uncond[:, :tokens]
-        if base.shape[1] < tokens:  # shorter uncond than the embedding: pad with its last vector
-            base = torch.cat([base, base[:, -1:].expand(rows, tokens - base.shape[1], dim)], dim=1)
-        s = float(plan.strength)
-        out = base * (1.0 - s) + neg * s
+    plan.applied += 1
+    return _blend(uncond, neg, plan.strength)
+
+
+def replace_sdxl(uncond: dict, plan: UncondPlan, warn: Optional[Warn] = None) -> dict:
+    """An SDXL ``{'crossattn', 'vector'}`` uncond with a packed SDXL negative: the context replaces ``crossattn``,
+    the pooled embedding ``vector[:, :1280]``; the webui's size/crop part ``vector[:, 1280:]`` stays. Returns a
+    copy of the dict (same class), or ``uncond`` itself when it cannot apply."""
+    from ..core.sdxl_backend import POOLED_DIM, unpack
+
+    cross, vector = uncond.get("crossattn"), uncond.get("vector")
+    if not isinstance(vector, torch.Tensor) or vector.dim() != 2 or vector.shape[-1] <= POOLED_DIM:
+        _warn_once(plan, "novector", f"ReNeg: '{plan.name}' is an SDXL negative (context + pooled) but this "
+                   f"uncond has no SDXL 'vector' [batch, 2816] (keys {sorted(uncond)}); not applied.", warn)
+        return uncond
+    packed = _checked_negative(cross, plan, warn)
+    if packed is None:
+        return uncond
+    if vector.shape[0] != cross.shape[0]:
+        _warn_once(plan, f"vrows{vector.shape[0]}", f"ReNeg: the uncond's vector has {vector.shape[0]} rows for "
+                   f"{cross.shape[0]} context rows; '{plan.name}' not applied.", warn)
+        return uncond
+    context, pooled = unpack(packed, POOLED_DIM)
+    new_vector = vector.clone()
+    new_vector[:, :POOLED_DIM] = _blend(vector[:, None, :POOLED_DIM], pooled[:, None].to(vector.dtype),
+                                        plan.strength)[:, 0]
+    out = copy.copy(uncond)  # same class (A1111's DictWithShape), same other entries
+    out["crossattn"] = _blend(cross, context, plan.strength)
+    out["vector"] = new_vector
     plan.applied += 1
     return out
+
+
+def _is_packed(negative: torch.Tensor) -> bool:
+    from ..core.sdxl_backend import is_packed
+
+    return is_packed(negative)
 
 
 def replace_uncond(uncond: Any, plan: UncondPlan, warn: Optional[Warn] = None) -> Any:
@@ -124,6 +174,8 @@ def replace_uncond(uncond: Any, plan: UncondPlan, warn: Optional[Warn] = None) -
             _warn_once(plan, "nocrossattn", f"ReNeg: uncond dict has no 'crossattn' tensor (keys "
                        f"{sorted(uncond)}); '{plan.name}' not applied.", warn)
             return uncond
+        if _is_packed(plan.negative):
+            return replace_sdxl(uncond, plan, warn)
         new_cross = replace_tensor(cross, plan, warn)
         if new_cross is cross:
             return uncond

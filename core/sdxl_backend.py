@@ -70,13 +70,6 @@ def check_packed(tensor: torch.Tensor, where: str = "model") -> None:
             "ReNeg SDXL file (it stores both tensors), or learn one with `reneg train --model <SDXL model>`.")
 
 
-def not_yet_in_host(name: str, host: str) -> str:
-    """The one message a host gives for an SDXL pair it cannot apply yet (until its SDXL adapter exists)."""
-    return (f"{name} is an SDXL negative (cross-attention context + pooled embedding); {host} cannot apply SDXL "
-            "negatives yet. Use it with the CLI (`reneg generate --model <SDXL model> --negative FILE`, "
-            "docs/sdxl.md), or pick an embedding for this model's family.")
-
-
 # -------------------------------------------------------------------------------------------------- backend
 class SDXLBackend(DiffusersBackend):
     """SDXL from diffusers components; all weights frozen, eval mode. Contexts are in the packed layout.

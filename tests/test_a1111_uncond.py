@@ -106,6 +106,56 @@ def test_sdxl_dict_with_sd1_embedding_is_left_alone():
     assert replace_uncond(bad, plan, warn=messages.append) is bad and "crossattn" in messages[-1]
 
 
+def _sdxl_pair(rows=1, seed=0):
+    from reneg.core.sdxl_backend import pack
+
+    g = torch.Generator().manual_seed(seed)
+    return pack(torch.randn(rows, 77, 2048, generator=g), torch.randn(rows, 1280, generator=g))
+
+
+def test_sdxl_pair_fills_crossattn_and_pooled_and_keeps_the_size_embedding():
+    """A1111/Forge SDXL uncond ``{'crossattn': [B,77,2048], 'vector': [B,2816]}``: the context replaces crossattn, the
+    pooled part vector[:, :1280]; vector[:, 1280:] (the webui's size/crop embedding for this image) is untouched."""
+    packed = _sdxl_pair()
+    plan = UncondPlan(packed)
+    vector = torch.randn(2, 2816).half()
+    uncond = DictWithShape({"crossattn": torch.zeros(2, 154, 2048, dtype=torch.float16), "vector": vector})
+    keep = vector.clone()
+    out = replace_uncond(uncond, plan)
+    assert type(out) is DictWithShape and out is not uncond and plan.applied == 1
+    assert out["crossattn"].shape == (2, 77, 2048) and out["crossattn"].dtype == torch.float16
+    assert out["vector"].shape == (2, 2816) and out["vector"].dtype == torch.float16
+    for row in range(2):
+        assert torch.equal(out["crossattn"][row], packed[0, :77].half())
+        assert torch.equal(out["vector"][row, :1280], packed[0, 77, :1280].half())
+    assert torch.equal(out["vector"][:, 1280:], keep[:, 1280:])
+    assert torch.equal(vector, keep) and uncond["crossattn"].abs().sum() == 0  # the webui's dict is untouched
+
+
+def test_sdxl_pair_per_row_and_strength():
+    packed = _sdxl_pair(rows=2, seed=1)
+    cross, vector = torch.randn(2, 77, 2048), torch.randn(2, 2816)
+    out = replace_uncond({"crossattn": cross, "vector": vector}, UncondPlan(packed, strength=0.25))
+    torch.testing.assert_close(out["crossattn"], 0.75 * cross + 0.25 * packed[:, :77])
+    torch.testing.assert_close(out["vector"][:, :1280], 0.75 * vector[:, :1280] + 0.25 * packed[:, 77, :1280])
+    assert torch.equal(out["vector"][:, 1280:], vector[:, 1280:])
+    zero = replace_uncond({"crossattn": cross, "vector": vector}, UncondPlan(packed, strength=0.0))
+    assert torch.equal(zero["crossattn"], cross) and torch.equal(zero["vector"], vector)
+
+
+def test_sdxl_pair_that_cannot_apply_is_a_noop_with_one_warning():
+    messages = []
+    plan = UncondPlan(_sdxl_pair())
+    no_vector = {"crossattn": torch.zeros(1, 77, 2048)}
+    assert replace_uncond(no_vector, plan, warn=messages.append) is no_vector
+    assert len(messages) == 1 and "vector" in messages[0]
+    sd1 = torch.zeros(1, 77, 768)  # an SDXL file on an SD1 model: width mismatch
+    assert replace_uncond(sd1, plan, warn=messages.append) is sd1 and "2048-wide" in messages[-1]
+    three = {"crossattn": torch.zeros(3, 77, 2048), "vector": torch.zeros(3, 2816)}
+    assert replace_uncond(three, UncondPlan(_sdxl_pair(rows=2)), warn=messages.append) is three
+    assert "cannot broadcast" in messages[-1] and plan.applied == 0
+
+
 def test_none_uncond_forge_cfg1():
     assert replace_uncond(None, UncondPlan(_neg())) is None
 
