@@ -70,6 +70,16 @@ def check_packed(tensor: torch.Tensor, where: str = "model") -> None:
             "ReNeg SDXL file (it stores both tensors), or learn one with `reneg train --model <SDXL model>`.")
 
 
+def packed_frozen_entries(negative: torch.Tensor, freeze_pooled: bool = False, where: str = "model") -> torch.Tensor:
+    """Bool mask of a packed SDXL negative's entries learning leaves unchanged: the unused padding of the pooled
+    row always, the pooled embedding too when ``freeze_pooled``. Every SDXL backend's ``frozen_entries`` (the CLI's,
+    ComfyUI's, A1111's, Forge's) is this function."""
+    check_packed(negative, where)
+    mask = torch.zeros(negative.shape, dtype=torch.bool, device=negative.device)
+    mask[..., -1, 0 if freeze_pooled else POOLED_DIM:] = True
+    return mask
+
+
 # -------------------------------------------------------------------------------------------------- backend
 class SDXLBackend(DiffusersBackend):
     """SDXL from diffusers components; all weights frozen, eval mode. Contexts are in the packed layout.
@@ -185,13 +195,9 @@ class SDXLBackend(DiffusersBackend):
                 e.to(d)
 
     def frozen_entries(self, negative: torch.Tensor, freeze_pooled: Optional[bool] = None) -> torch.Tensor:
-        """Bool mask of the packed negative's entries learning leaves unchanged: the unused padding of the pooled
-        row always, the pooled embedding too when ``freeze_pooled`` (default: :attr:`freeze_pooled`)."""
-        check_packed(negative, f"model '{self.name}'")
+        """:func:`packed_frozen_entries` (``freeze_pooled`` default: :attr:`freeze_pooled`)."""
         freeze = self.freeze_pooled if freeze_pooled is None else freeze_pooled
-        mask = torch.zeros(negative.shape, dtype=torch.bool, device=negative.device)
-        mask[..., -1, 0 if freeze else self.pooled_dim:] = True
-        return mask
+        return packed_frozen_entries(negative, freeze, f"model '{self.name}'")
 
     def pipeline(self):
         """A ``StableDiffusionXLPipeline`` sharing these components (DDIM scheduler, no watermark)."""
