@@ -107,13 +107,17 @@ def test_check_structure_catches_a_type_mismatch():
         workflow_tools.check_structure(wf)
 
 
-def test_refine_example_types_the_prompt_once_and_shares_one_fixed_seed():
-    """Issues 3d/3e: the prompt lives in ReNeg Refine only; one Int node feeds Refine's and KSampler's seed."""
-    path = next(p for p in EXAMPLES if "ReNegRefine" in _types(p))
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if "ReNegRefine" in _types(p)],
+                         ids=[p.stem for p in EXAMPLES if "ReNegRefine" in _types(p)])
+def test_refine_example_types_the_prompt_once_and_shares_one_fixed_seed(path):
+    """Issues 3d/3e: the prompt lives in ReNeg Refine only (a CLIP Text Encode may only give Refine its start
+    negative, as in the SDXL example); one Int node feeds Refine's and KSampler's seed."""
     api = workflow_tools.to_api(_load(path), OBJECT_INFO)
     by_type = {n["class_type"]: (nid, n["inputs"]) for nid, n in api.items()}
-    assert "CLIPTextEncode" not in by_type and by_type["ReNegRefine"][1]["prompt"].strip()
     refine_id, refine = by_type["ReNegRefine"]
+    assert refine["prompt"].strip()
+    encoders = [nid for nid, n in api.items() if n["class_type"] == "CLIPTextEncode"]
+    assert all(refine["negative"] == [nid, 0] for nid in encoders), encoders
     ks = by_type["KSampler"][1]
     assert ks["positive"] == [refine_id, 0] and ks["negative"] == [refine_id, 1]
     seed_id, seed = by_type["PrimitiveInt"]

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import comfy_server as cs
+import webui_sdxl_checkpoint
 from reneg.core.embedding_io import load_embedding, save_embedding
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(cs.skip_reason() is not None, reason=str(cs.skip_reason()))]
@@ -45,6 +46,10 @@ SHRINK = {"ckpt_name": cs.CHECKPOINT_NAME, "width": 64, "height": 64, "batch_siz
           "sampling_steps": 4, "max_steps": 2, "save_every": 0, "preview_every": 1, "reward": "tiny"}
 
 
+def is_sdxl_example(path: Path) -> bool:
+    return "SDXL" in path.stem
+
+
 def chromium_path() -> str:
     path = os.environ.get("RENEG_CHROMIUM") or "/usr/bin/chromium"
     if not Path(path).is_file():
@@ -62,7 +67,10 @@ def server(tmp_path_factory):
                                                            torch.randn(1, 77, 768) * 0.1, note="e2e")}
     for path in sorted(RELEASED.glob("sd*_reneg_emb.bin")):
         embeddings[path.name] = path
-    srv = cs.ComfyServer(tmp_path_factory.mktemp("comfy_base"), checkpoint, embeddings).start()
+    srv = cs.ComfyServer(tmp_path_factory.mktemp("comfy_base"), checkpoint, embeddings)
+    if any(is_sdxl_example(p) for p in EXAMPLES):  # the SDXL example runs on an SDXL checkpoint with its CLIPs
+        webui_sdxl_checkpoint.link_into(srv.base / "models" / "checkpoints", webui_sdxl_checkpoint.ensure(cache))
+    srv.start()
     yield srv
     srv.stop()
 
@@ -280,6 +288,8 @@ def test_example_loads_through_the_frontend_and_runs(comfy, server, path):
     for nid, node in nodes.items():  # test-size settings, typed into the widgets as a user would
         for w in node["widgets"]:
             value = SHRINK.get(w["name"])
+            if w["name"] == "ckpt_name" and is_sdxl_example(path):
+                value = f"{webui_sdxl_checkpoint.NAME}.safetensors"  # random SDXL-family weights, full-size CLIPs
             if w["name"] == "steps" and node["type"] == "KSampler":
                 value = 3
             if node["type"] == "ReNegLoadEmbedding" and w["name"] == "embedding" and not (
@@ -318,8 +328,9 @@ def check_example_wiring(path: Path, by_type: dict) -> None:
         return
     (_, refine), = by_type["ReNegRefine"]
     (_, ks), = by_type["KSampler"]
-    assert "CLIPTextEncode" not in by_type, "the prompt should be typed once, in ReNeg Refine"
     refine_id = next(nid for nid, _ in by_type["ReNegRefine"])
+    assert all(refine["negative"] == [nid, 0] for nid, _ in by_type.get("CLIPTextEncode", ())), (
+        "the prompt should be typed once, in ReNeg Refine (a CLIP Text Encode may only give it its start negative)")
     assert ks["positive"] == [refine_id, 0] and ks["negative"] == [refine_id, 1]
     assert isinstance(refine["seed"], list) and refine["seed"] == ks["seed"], (refine["seed"], ks["seed"])
     assert by_type["PrimitiveInt"][0][0] == refine["seed"][0]
