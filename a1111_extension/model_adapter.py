@@ -256,12 +256,16 @@ def _clone_inference_tensors(module: torch.nn.Module) -> int:
 
 
 class ForgeBackend:
-    """DiffusionBackend over Forge's ``sd_model.forge_objects`` (SD1.x/SD2.x UNets; k-diffusion x0 output)."""
+    """DiffusionBackend over Forge's ``sd_model.forge_objects`` (SD1.x/SD2.x UNets; k-diffusion x0 output).
+
+    SDXL: the subclass :class:`~.forge_sdxl_backend.ForgeSDXLBackend` (its :meth:`unet_inputs` adds ``y``)."""
 
     prediction_type = "sample"
+    #: True in the SDXL subclass; this class refuses SDXL engines
+    sdxl = False
 
     def __init__(self, sd_model: Any, name: Optional[str] = None):
-        if getattr(sd_model, "is_sdxl", False):
+        if getattr(sd_model, "is_sdxl", False) and not self.sdxl:
             raise RenegError("ReNeg refinement supports SD1.x and SD2.x checkpoints; this is an SDXL model.")
         fo = sd_model.forge_objects
         self.sd_model = sd_model
@@ -304,9 +308,13 @@ class ForgeBackend:
         sigma = ((1 - a) / a).sqrt()
         x_k = latents.float() / a.sqrt()[:, None, None, None]
         options = self.unet_patcher.model_options.get("transformer_options", {})
-        x0 = self.kmodel.apply_model(out_of_place(x_k), sigma, c_crossattn=out_of_place(context),
-                                     transformer_options=options)
+        x0 = self.kmodel.apply_model(out_of_place(x_k), sigma, transformer_options=options,
+                                     **self.unet_inputs(latents, context))
         return plain(x0).to(latents.dtype)
+
+    def unet_inputs(self, latents: torch.Tensor, context: torch.Tensor) -> dict:
+        """The conditioning keyword arguments of ``KModel.apply_model`` for ``context`` (SD: ``c_crossattn``)."""
+        return {"c_crossattn": out_of_place(context)}
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         z = self.vae.process_out(latents.to(device=self.vae_wrapper.device, dtype=self.vae_wrapper.vae_dtype))
@@ -339,5 +347,9 @@ def backend_for(sd_model: Any, cmd_opts: Any = None, **kwargs: Any):
     if sd_model is None:
         raise RenegError("No Stable Diffusion model is loaded. Select a checkpoint first.")
     if is_forge_model(sd_model):
+        if getattr(sd_model, "is_sdxl", False):
+            from .forge_sdxl_backend import ForgeSDXLBackend
+
+            return ForgeSDXLBackend(sd_model, name=kwargs.get("name"))
         return ForgeBackend(sd_model, name=kwargs.get("name"))
     return LdmBackend(sd_model, **kwargs)
