@@ -340,4 +340,8 @@ def backend_for(sd_model: Any, cmd_opts: Any = None, **kwargs: Any):
         raise RenegError("No Stable Diffusion model is loaded. Select a checkpoint first.")
     if is_forge_model(sd_model):
         return ForgeBackend(sd_model, name=kwargs.get("name"))
+    from .sgm_backend import SgmBackend, is_sgm_model
+
+    if is_sgm_model(sd_model):  # A1111's SDXL (sgm DiffusionEngine)
+        return SgmBackend(sd_model, **kwargs)
     return LdmBackend(sd_model, **kwargs)
