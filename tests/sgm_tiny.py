@@ -89,7 +89,8 @@ def tiny_config(clip_l_dir: Path):
     config = OmegaConf.load(str(sgm_path() / "configs" / "inference" / "sd_xl_base.yaml"))
     net = config.model.params.network_config.params
     net.update(model_channels=32, attention_resolutions=[2], num_res_blocks=1, channel_mult=[1, 2],
-               num_head_channels=16, transformer_depth=[0, 1], spatial_transformer_attn_type="softmax")
+               num_head_channels=16, transformer_depth=[0, 1], spatial_transformer_attn_type="softmax",
+               use_checkpoint=False)  # as A1111's sd_models.repair_config sets it for inference
     emb = config.model.params.conditioner_config.params.emb_models
     emb[0].params.update(version=str(clip_l_dir), layer_idx=1)
     emb[1].params.update(arch=TINY_BIGG, version=None)
