@@ -5,7 +5,7 @@
 ``<output>/reneg_probe/<tag>.safetensors`` (with whether all uncond rows of the run were identical and the
 MODEL's ComfyUI config and model_base classes, e.g. ``PixArtAlpha``), plus every row of that first call
 (``negative_rows`` / ``positive_rows``: one per image of a latent batch) and, for SDXL, ComfyUI's adm input ``y``
-of each (``negative_y`` / ``positive_y``: pooled + size/crop embedding).
+of each (``negative_y`` / ``positive_y``: pooled + size/crop embedding; ``*_y_rows``: every row).
 
 ``ReNegE2ETinyPixArtT5`` is a CLIP for PixArt graphs without the 4.7B T5-XXL (which ComfyUI builds from a fixed
 full-size config, ``comfy/text_encoders/t5_config_xxl.json``): ComfyUI's own PixArt tokenizer, T5 class and
@@ -50,7 +50,8 @@ class ReNegE2EProbe:
                 (seen if kind == 1 else positives).append(rows_i)  # 1 = uncond = the negative
                 name = "negative" if kind == 1 else "positive"
                 if c.get("y") is not None and f"{name}_y" not in adm:  # SDXL's adm of the first call
-                    adm[f"{name}_y"] = c["y"][i * rows:(i + 1) * rows][:1].detach().to("cpu").clone()
+                    adm[f"{name}_y_rows"] = c["y"][i * rows:(i + 1) * rows].detach().to("cpu").clone()
+                    adm[f"{name}_y"] = adm[f"{name}_y_rows"][:1].clone()
             if seen:
                 from safetensors.torch import save_file
 

@@ -5,7 +5,8 @@ detects as SDXL-family (``comfy_sdxl_builders.py``: KOALA-700M's detection keys,
 encoders are the probe pack's tiny SDXL CLIP (ComfyUI's own SDXL tokenizer/encoder classes, small config).
 Shown: Load ReNeg Embedding -> KSampler feeds the file's context as the uncond cross-attention and ComfyUI's
 uncond ``y`` is the file's pooled + ComfyUI's size embedding; strength blends both parts with the empty prompt;
-family mismatches are one node error; Refine and Train Global run on the SDXL MODEL and save SDXL two-tensor files.
+family mismatches are one node error; Refine and Train Global run on the SDXL MODEL and save SDXL two-tensor files;
+a latent batch is refined row by row (context and pooled per row).
 
 Run: ``RENEG_E2E_CACHE=/tmp/x COMFYUI_PATH=... COMFYUI_PYTHON=... pytest tests/e2e/test_comfyui_sdxl_e2e.py``
 """
@@ -186,6 +187,58 @@ def test_refine_and_train_on_the_sdxl_model_save_two_tensor_files(server):
     trained = load_embedding(trained_file)
     assert torch.isfinite(trained.tensor).all()
     assert torch.equal(load_embedding(saved_path(entry, "save_trained")).tensor, trained.tensor)
+
+
+def test_refine_a_latent_batch_on_sdxl_gives_each_row_its_own_context_and_pooled(server):
+    """A latent batch of two, one prompt per line, on the SDXL MODEL: row i of the KSampler's uncond is row i's
+    refined context, row i of its uncond ``y`` is row i's refined pooled + ComfyUI's size embedding, row i of the
+    positive is CLIP Text Encode of line i; Save writes one two-tensor file per row."""
+    tag = "xl_refine_batch"
+    prompts = ["a red car on a bridge", PROMPT]
+    graph = {**base_graph(tag), "neg0": load_node("e2e_xl.safetensors"), "reward": reward_node(),
+             "refine": {"class_type": "ReNegRefine", "inputs": {
+                 "model": ["ckpt", 0], "clip": ["clip", 0], "vae": ["ckpt", 2], "negative": ["neg0", 0],
+                 "reward": ["reward", 0], "prompt": "\n".join(prompts), "seed": 5, "sampling_steps": SAMPLING_STEPS,
+                 "cfg": 7.5, "width": SIZE, "height": SIZE, "max_steps": 2, "patience": 3, "lr": 0.05,
+                 "latent": ["latent", 0]}},
+             "save_neg": {"class_type": "ReNegSaveEmbedding",
+                          "inputs": {"conditioning": ["refine", 1], "filename_prefix": "e2e_xl_refined_batch"}}}
+    graph["latent"]["inputs"]["batch_size"] = 2
+    graph["ks"]["inputs"].update(positive=["refine", 0], negative=["refine", 1])
+    for i, text in enumerate(prompts):  # reference: CLIP Text Encode of each line, sampled alone
+        graph[f"pos{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["clip", 0]}}
+        graph[f"probe{i}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": f"{tag}_ref{i}"}}
+        graph[f"lat{i}"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
+        graph[f"ks{i}"] = {"class_type": "KSampler", "inputs": {
+            **graph["ks"]["inputs"], "model": [f"probe{i}", 0], "positive": [f"pos{i}", 0],
+            "negative": ["neg0", 0], "latent_image": [f"lat{i}", 0]}}
+        graph[f"dec{i}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"ks{i}", 0], "vae": ["ckpt", 2]}}
+        graph[f"prev{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"dec{i}", 0]}}
+    entry = server.run(graph, timeout=1200)
+    report = json.loads(entry["outputs"]["refine"]["text"][0])
+    assert len(report["rows"]) == 2
+    for row in report["rows"]:
+        assert row["best_reward"] >= row["trace"][0] and all(math.isfinite(x) for x in row["trace"])
+    saved = [Path(p) for p in entry["outputs"]["save_neg"]["text"][0].splitlines()]
+    assert len(saved) == 2
+    refined = [load_embedding(p) for p in saved]
+    assert all(r.metadata["family"] == "sdxl" and r.pooled is not None for r in refined)
+    got, _ = probe(server, tag)
+    assert got["negative_rows"].shape == (2, 77, 2048) and got["negative_y_rows"].shape == (2, 2816)
+    for i, r in enumerate(refined):
+        assert torch.equal(got["negative_rows"][i:i + 1].float(), r.context)
+        assert torch.equal(got["negative_y_rows"][i:i + 1, :1280].float(), r.pooled)
+    size = size_embedding(SIZE, SIZE)
+    torch.testing.assert_close(got["negative_y_rows"][:, 1280:].float(), size.expand(2, -1), atol=1e-5, rtol=0)
+    start = load_embedding(server.reneg_dir / "e2e_xl.safetensors")
+    for i, row in enumerate(report["rows"]):
+        assert (row["best_step"] == 0) == torch.equal(refined[i].tensor, start.tensor)
+    for i in range(2):  # the batch positive: row i is CLIP Text Encode of line i (context and pooled), bit for bit
+        ref, _ = probe(server, f"{tag}_ref{i}")
+        assert torch.equal(got["positive_rows"][i:i + 1], ref["positive"])
+        assert torch.equal(got["positive_y_rows"][i:i + 1], ref["positive_y"])
+    assert not torch.equal(got["positive_rows"][0], got["positive_rows"][1])
+    assert len(entry["outputs"]["save_img"]["images"]) == 2
 
 
 def test_adapter_equals_comfyuis_own_sdxl_sampler_path(tmp_path):
