@@ -23,16 +23,23 @@ Key = tuple
 class BatchRefinement:
     """Outcome for one webui batch."""
 
-    rows: list[torch.Tensor]                      #: ``[1, T, D]`` fp32 CPU per row (the base where not refined)
+    rows: list[torch.Tensor]                      #: ``[1, T, D]`` fp32 CPU per row (the base where not refined;
+    #: SDXL: the packed ``[1, 78, 2048]``)
     results: list[Optional[RefineResult]]         #: per row; None where it was not refined (interrupted)
     fresh: list[RefineResult] = field(default_factory=list)  #: refined now (not from the cache), to save
     stopped: bool = False                          #: interrupted: the rows refined now use the base
     calls: int = 0                                 #: refine_batch calls made (0 when everything was cached)
 
 
-def stack_conds(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def stack_conds(tensors: Sequence[torch.Tensor], pooled_row: bool = False) -> torch.Tensor:
     """``[1, T_i, D]`` rows -> ``[B, max T, D]``, a shorter one padded with its last vector: how the webui
-    batches prompts of different 75-token chunk counts for sampling (``modules.prompt_parser.stack_conds``)."""
+    batches prompts of different 75-token chunk counts for sampling (``modules.prompt_parser.stack_conds``).
+
+    ``pooled_row``: SDXL's packed conds (last row = pooled embedding): the context rows are padded and the pooled
+    row stays last, as the webui pads ``crossattn`` and keeps ``vector``."""
+    if pooled_row:
+        contexts = stack_conds([t[:, :-1] for t in tensors])
+        return torch.cat([contexts, torch.cat([t[:, -1:] for t in tensors])], dim=1)
     tokens = max(int(t.shape[1]) for t in tensors)
     out = []
     for t in tensors:
@@ -71,7 +78,8 @@ def refine_rows(backend, reward, prompts: Sequence[str], seeds: Sequence[int], b
     for start in range(0, len(pending), step):
         chunk = pending[start:start + step]
         chunk_prompts = [p for _, (p, _) in chunk]
-        conds = stack_conds([backend.encode_prompts([p]) for p in chunk_prompts])
+        conds = stack_conds([backend.encode_prompts([p]) for p in chunk_prompts],
+                            pooled_row=getattr(backend, "family", None) == "sdxl")
         outcome.calls += 1
         results = refine(backend, reward, chunk_prompts, base.to(backend.device), [s for _, (_, s) in chunk],
                          config, conds=conds,

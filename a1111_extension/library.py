@@ -2,7 +2,9 @@
 
 Embeddings are listed from the webui's ``models/ReNeg/`` (or the folder set in Settings → ReNeg) and the pack's
 own ``embeddings/`` folder (where ``reneg download`` puts the released files). ReNeg files never go into the
-webui's ``embeddings/`` folder: A1111 would load a ``[77, 768]`` tensor there as a 77-vector textual inversion.
+webui's ``embeddings/`` folder: A1111 would load a ``[77, 768]`` tensor there as a 77-vector textual inversion (and
+reports an SDXL two-tensor file there as a broken embedding). SDXL files are handled as the packed pair
+``[1, 78, 2048]`` (:mod:`..core.sdxl_backend`) everywhere here: loading, stacking refined rows, saving (two tensors).
 """
 from __future__ import annotations
 
@@ -189,7 +191,8 @@ def save_refined(folder: str | os.PathLike, base_name: str, prompt: str, seed: i
 
 
 def stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
-    """``[1, T, D]`` per batch row -> ``[1, T, D]`` if all rows are the same tensor, else ``[B, T, D]``."""
+    """``[1, T, D]`` per batch row -> ``[1, T, D]`` if all rows are the same tensor, else ``[B, T, D]`` (SDXL: the
+    packed ``[1, 78, 2048]`` rows, so row i's context and pooled part stay together)."""
     if all(r is rows[0] for r in rows):
         return rows[0]
     return torch.cat(rows, dim=0)

@@ -352,4 +352,8 @@ def backend_for(sd_model: Any, cmd_opts: Any = None, **kwargs: Any):
 
             return ForgeSDXLBackend(sd_model, name=kwargs.get("name"))
         return ForgeBackend(sd_model, name=kwargs.get("name"))
+    from .sgm_backend import SgmBackend, is_sgm_model
+
+    if is_sgm_model(sd_model):  # A1111's SDXL (sgm DiffusionEngine)
+        return SgmBackend(sd_model, **kwargs)
     return LdmBackend(sd_model, **kwargs)

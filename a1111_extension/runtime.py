@@ -37,11 +37,16 @@ def loaded_sd_model() -> Any:
 
 
 def current_backend():
-    """A DiffusionBackend over ``shared.sd_model`` (refuses --lowvram/--medvram, SDXL, inpainting models)."""
+    """A DiffusionBackend over ``shared.sd_model`` (SD1.x/SD2.x, A1111's SDXL, Forge; refuses --lowvram/--medvram,
+    inpainting models and the SDXL refiner)."""
     sd_model = loaded_sd_model()
     kwargs = {}
     if not hasattr(sd_model, "forge_objects"):
         kwargs = dict(dtype=getattr(devices, "dtype_unet", None), vae_dtype=getattr(devices, "dtype_vae", None))
+        if getattr(sd_model, "is_sdxl", False):  # A1111's SDXL: the size/crop inputs as get_learned_conditioning's
+            kwargs.update(cond_dtype=getattr(devices, "dtype", None),
+                          crop=(int(getattr(shared.opts, "sdxl_crop_top", 0) or 0),
+                                int(getattr(shared.opts, "sdxl_crop_left", 0) or 0)))
     backend = backend_for(sd_model, shared.cmd_opts, **kwargs)
     if isinstance(backend, ForgeBackend):
         backend.prepare_for_grad()

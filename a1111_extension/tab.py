@@ -1,4 +1,7 @@
-"""The "ReNeg" tab (``on_ui_tabs``): train a global negative embedding on the loaded SD1.x/SD2.x checkpoint.
+"""The "ReNeg" tab (``on_ui_tabs``): train a global negative embedding on the loaded SD1.x/SD2.x/SDXL checkpoint.
+
+On SDXL the embedding is the pair (context + pooled, packed for the engine) and is saved as a two-tensor
+``family: sdxl`` file; "(empty prompt)" starts from the encoded empty prompt (core's SDXL rule, ``docs/sdxl.md``).
 
 The job runs through ``modules.call_queue.wrap_gradio_gpu_call`` (holds the webui's GPU queue, begins/ends
 ``shared.state``); the browser polls progress like the built-in Train tab (``javascript/reneg.js``): text,
@@ -119,9 +122,9 @@ def on_ui_tabs():
     with gr.Blocks(analytics_enabled=False) as block:
         with gr.Row(equal_height=False):
             with gr.Column():
-                gr.HTML("<p>Learn a negative embedding for the loaded SD1.x/SD2.x checkpoint by reward guidance "
-                        "(ReNeg, CVPR 2025). The result goes to the ReNeg folder (Settings → ReNeg) and appears "
-                        "in the ReNeg dropdown of txt2img/img2img.</p>")
+                gr.HTML("<p>Learn a negative embedding for the loaded SD1.x/SD2.x/SDXL checkpoint by reward "
+                        "guidance (ReNeg, CVPR 2025). The result goes to the ReNeg folder (Settings → ReNeg) and "
+                        "appears in the ReNeg dropdown of txt2img/img2img.</p>")
                 prompts_text = gr.Textbox(label="Training prompts (one per line)", lines=6,
                                           elem_id="reneg_train_prompts")
                 prompts_file = gr.Textbox(label="…and/or a prompt file (.txt, .jsonl, .json, .csv, .tsv)",

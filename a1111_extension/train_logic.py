@@ -46,7 +46,8 @@ def output_path(folder: str | Path, name: str, forbidden: Sequence[str | Path] =
     for bad in forbidden:
         if bad and folder.resolve() == Path(bad).resolve():
             raise RenegError(f"{folder} is the webui's textual-inversion embeddings folder; ReNeg files there would "
-                             "load as 77-vector textual inversions. Set another ReNeg folder in Settings → ReNeg.")
+                             "load as 77-vector textual inversions (SD1.x/SD2.x) or fail to load as broken ones "
+                             "(SDXL's two-tensor files). Set another ReNeg folder in Settings → ReNeg.")
     return folder / f"{name}.safetensors"
 
 
