@@ -132,22 +132,8 @@ def test_training_is_reproducible():
     scenes, images = data.make_dataset(0, 16)
     vae_a, vae_b = (train_vae(images, recipe, steps=2, log=None) for _ in range(2))
     assert all(torch.equal(x, y) for x, y in zip(vae_a.state_dict().values(), vae_b.state_dict().values()))
-    import copy
-
-    from reneg.core.toy_world.train_world import train_vae_decoder
-
-    dec_a, dec_b = (train_vae_decoder(copy.deepcopy(vae_a), images, recipe, steps=2, log=None) for _ in range(2))
-    assert all(torch.equal(x, y) for x, y in zip(dec_a.state_dict().values(), dec_b.state_dict().values()))
-    # the decoder stage leaves the encoder (so every latent the UNets learned) as it was
-    assert all(torch.equal(x, y) for x, y in zip(dec_a.encoder.state_dict().values(), vae_a.encoder.state_dict().values()))
-    assert not torch.equal(dec_a.decoder.conv_out.weight, vae_a.decoder.conv_out.weight)
     latents = encode_all(vae_a, images)
     (u_a, t_a), (u_b, t_b) = (train_unet("toy", latents, 1.0, scenes, recipe, steps=2, log=None) for _ in range(2))
-    (m_a, n_a), (m_b, n_b) = (train_unet("toy", latents, 1.0, scenes, recipe, steps=2, log=None, init_unet=u_a,
-                                         init_text_encoder=t_a, lr=recipe.unet_more_lr, seed_offset=1000)
-                              for _ in range(2))  # the toy-more continuation
-    assert all(torch.equal(x, y) for x, y in zip(m_a.state_dict().values(), m_b.state_dict().values()))
-    assert all(torch.equal(x, y) for x, y in zip(n_a.state_dict().values(), n_b.state_dict().values()))
     assert all(torch.equal(x, y) for x, y in zip(u_a.state_dict().values(), u_b.state_dict().values()))
     assert all(torch.equal(x, y) for x, y in zip(t_a.state_dict().values(), t_b.state_dict().values()))
     r_a, r_b = (train_reward(vae_a, recipe, steps=2, n_scenes=8, log=None) for _ in range(2))
