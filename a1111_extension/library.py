@@ -176,7 +176,7 @@ def refined_filename(base_name: str, prompt: str, seed: int, settings: Sequence 
 
 
 def save_refined(folder: str | os.PathLike, base_name: str, prompt: str, seed: int, tensor: torch.Tensor,
-                 settings: Sequence = (), **metadata) -> tuple[Path, bool]:
+                 settings: Sequence = (), /, **metadata) -> tuple[Path, bool]:
     """Save a per-prompt refined embedding under ``<folder>/refined/``, atomically and never replacing a file:
     ``(path, saved)``. The name digests prompt, seed and ``settings`` (model, embedding and refinement
     settings), so a file already there holds this same refinement and is kept as it is."""

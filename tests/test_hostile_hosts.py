@@ -250,6 +250,15 @@ def test_a1111_refined_files_are_never_replaced(tmp_path):
     assert torch.equal(load_embedding(path).tensor, t1)
 
 
+def test_a1111_refined_file_metadata_may_name_the_prompt_and_seed(tmp_path):
+    """The script stores prompt= and seed= in the file's metadata (as script._maybe_save does); they must not
+    collide with save_refined's own prompt/seed parameters (a TypeError there dropped the refinement)."""
+    path, saved = library.save_refined(tmp_path, "base", "a cat", 3, torch.zeros(1, 77, 768), ("model",),
+                                       prompt="a cat", seed="3", refined_from="base", steps=2)
+    meta = load_embedding(path).metadata
+    assert saved and meta["prompt"] == "a cat" and meta["seed"] == "3"
+
+
 @pytest.mark.parametrize("host", ["comfy-save", "a1111-refined"])
 def test_host_saves_on_a_full_disk_are_one_message_and_leave_nothing(tmp_path, monkeypatch, host):
     import safetensors.torch as st

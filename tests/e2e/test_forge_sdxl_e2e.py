@@ -224,11 +224,6 @@ def test_refine_for_this_prompt_on_sdxl(server):
         assert a1._maxdiff(refined, plain_emb) > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a1111_extension/script.py _maybe_save passes prompt=/seed= metadata that collide with library.save_refined's "
-    "positional prompt/seed parameters: TypeError in process_batch, so with Settings -> 'Save per-prompt refined "
-    "embeddings' on the refinement is dropped (no refine infotext, the unrefined file is used). Fix: make "
-    "save_refined's first parameters positional-only (library.py: '..., settings: Sequence = (), /, **metadata')."))
 def test_refine_with_save_refined_writes_the_sdxl_pair_the_sampler_gets(server):
     from reneg.core.embedding_io import load_embedding
 
