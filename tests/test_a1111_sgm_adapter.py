@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
