@@ -8,13 +8,14 @@ extension (``a1111_probe/``, linked as ``extensions/zz-reneg-probe``) records th
 Checks: (a) an SDXL ReNeg file (a random packed pair saved by core as ``family: sdxl``) makes the negative prompt
 irrelevant and changes the image; the uncond the sampler gets is exactly the file's context and pooled embedding
 with the webui's own size/crop embedding of this generation kept, which also equals the ReNeg SDXL adapter's size
-embedding (non-square size, non-zero crop settings); (b) "Refine for this prompt" runs on SDXL and ends never worse
-than its start; (c) the ReNeg tab trains a few steps on SDXL and writes a valid two-tensor file; (d) an SD1.x file
+embedding (non-square size, non-zero crop settings); (b) "Refine for this prompt" runs on SDXL for a batch of two and ends never
+worse than its start, row i of the uncond being image i's refined pair; (c) the ReNeg tab trains a few steps on SDXL and writes a valid two-tensor file; (d) an SD1.x file
 on the SDXL model is a no-op with "ReNeg not applied" in the infotext. Plus one browser screenshot of the txt2img
 page (accordion open, the SDXL file selected, refine ticked, after Generate) in ``outputs/``.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -109,19 +110,43 @@ def test_sdxl_file_replaces_the_uncond_and_keeps_the_webuis_size_embedding(xl):
 
 
 def test_refine_for_this_prompt_on_sdxl(xl):
-    client, _, probe, path = xl
-    refined, info, _ = _txt2img(client, [True, EMB_XL, 1.0, True, 2, 2, "synthetic"])
-    assert "ReNeg refine skipped" not in info and "ReNeg refine steps: 2" in info, info
-    value = info.split("ReNeg refined: ")[1].split(",")[0]
-    start, best = (float(v) for v in value.split(" (")[0].split("->"))
-    assert best >= start
-    rec = _last_probe(probe)
-    assert rec["uncond_crossattn"].shape == (1, 77, 2048)
-    torch.testing.assert_close(rec["uncond_vector"][:, 1280:], rec["cond_vector"][:, 1280:], rtol=0, atol=0)
-    if best > start:  # a better iterate was found: the sampler got it, not the file's pair
-        from reneg.core.embedding_io import load_embedding
+    """A batch of two: each image refined for its own seed, row i of the uncond its own refined pair, the webui's
+    size embedding kept in both rows."""
+    from reneg.core.embedding_io import load_embedding
 
-        assert (rec["uncond_crossattn"] - load_embedding(path).context).abs().max() > 0
+    client, _, probe, path = xl
+    out = client.post("/sdapi/v1/txt2img", {**a1.BASE, **XL, "batch_size": 2, "alwayson_scripts": {
+        "reneg": {"args": [True, EMB_XL, 1.0, True, 2, 2, "synthetic"]}}})
+    infos = json.loads(out["info"])["infotexts"]
+    assert len(infos) == 2
+    bests = []
+    for info in infos:
+        assert "ReNeg refine skipped" not in info and "ReNeg refine steps: 2" in info, info
+        value = info.split("ReNeg refined: ")[1].split(",")[0]
+        start, best = (float(v) for v in value.split(" (")[0].split("->"))
+        assert best >= start
+        bests.append(best > start)
+    rec = _last_probe(probe)
+    cross, vector = rec["uncond_crossattn"], rec["uncond_vector"]
+    assert cross.shape == (2, 77, 2048) and vector.shape == (2, 2816)
+    torch.testing.assert_close(vector[:, 1280:], rec["cond_vector"][:, 1280:], rtol=0, atol=0)
+    file_context = load_embedding(path).context
+    for row, improved in enumerate(bests):
+        if improved:  # a better iterate was found: the sampler got it, not the file's pair
+            assert (cross[row] - file_context[0]).abs().max() > 0
+    if all(bests):
+        assert (cross[0] - cross[1]).abs().max() > 0  # two seeds, two refined negatives
+
+
+def test_refine_a_prompt_over_75_tokens_on_sdxl(xl):
+    """The webui's 2-chunk SDXL cond ([1, 154, 2048], pooled from the first chunk) refines; the 77-token negative is
+    applied next to it."""
+    client, _, probe, _ = xl
+    long_prompt = ", ".join(["a very detailed photo of a small cat"] * 12)  # > 75 tokens: 2 chunks
+    _, info, _ = _txt2img(client, [True, EMB_XL, 1.0, True, 1, 1, "synthetic"], prompt=long_prompt)
+    assert "ReNeg refined: " in info and "ReNeg refine skipped" not in info, info
+    rec = _last_probe(probe)
+    assert rec["cond_crossattn"].shape == (1, 154, 2048) and rec["uncond_crossattn"].shape == (1, 77, 2048)
 
 
 def test_tab_trains_on_sdxl_and_writes_a_two_tensor_file(xl):
