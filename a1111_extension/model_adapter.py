@@ -134,12 +134,17 @@ class LdmBackend:
     """DiffusionBackend over an ``ldm`` ``LatentDiffusion`` (A1111's ``shared.sd_model`` for SD1.x/SD2.x).
 
     ``dtype`` overrides the compute dtype (A1111: ``devices.dtype_unet``); ``vae_dtype`` likewise
-    (``devices.dtype_vae``). All weights are left frozen; gradients flow only to ``context``.
+    (``devices.dtype_vae``). All weights are left frozen; gradients flow only to ``context``. The plumbing (device,
+    dtypes, schedule, scale factor, checkpointing) is shared with A1111's SDXL backend (``sgm_backend.SgmBackend``).
     """
+
+    @staticmethod
+    def check_model(sd_model: Any) -> None:
+        check_ldm_model(sd_model)
 
     def __init__(self, sd_model: Any, name: Optional[str] = None, dtype: Optional[torch.dtype] = None,
                  vae_dtype: Optional[torch.dtype] = None):
-        check_ldm_model(sd_model)
+        self.check_model(sd_model)
         self.sd_model = sd_model
         self.unet = sd_model.model.diffusion_model
         self.vae = sd_model.first_stage_model

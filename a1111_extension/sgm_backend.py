@@ -34,7 +34,7 @@ from ..core.errors import RenegError
 from ..core.sdxl_backend import (CONTEXT_DIM, CONTEXT_TOKENS, FAMILY, POOLED_DIM, pack, packed_frozen_entries,
                                  unpack)
 from .fp32 import fp32_module
-from .model_adapter import PARAMETERIZATIONS, _timesteps, context_dim_of, first_param, gradient_checkpointing
+from .model_adapter import PARAMETERIZATIONS, LdmBackend, _timesteps, context_dim_of
 
 #: The conditioner input key of the text embedders (A1111: ``model.cond_stage_key``).
 TEXT_KEY = "txt"
@@ -84,7 +84,7 @@ def _check_context(context: torch.Tensor, where: str) -> None:
                          f"rows + the pooled row); got {list(context.shape)}. Use an SDXL negative.")
 
 
-class SgmBackend:
+class SgmBackend(LdmBackend):
     """DiffusionBackend over A1111's SDXL ``DiffusionEngine``; contexts are packed ``[B, 78, 2048]``.
 
     ``dtype`` / ``vae_dtype``: compute dtypes (A1111: ``devices.dtype_unet`` / ``devices.dtype_vae``; default the
@@ -93,51 +93,19 @@ class SgmBackend:
     """
 
     family = FAMILY
+    check_model = staticmethod(check_sgm_model)
 
     def __init__(self, sd_model: Any, name: Optional[str] = None, dtype: Optional[torch.dtype] = None,
                  vae_dtype: Optional[torch.dtype] = None, cond_dtype: Optional[torch.dtype] = None,
                  crop: Sequence[int] = (0, 0)):
-        check_sgm_model(sd_model)
-        self.sd_model = sd_model
-        self.unet = sd_model.model.diffusion_model
-        self.vae = sd_model.first_stage_model
+        super().__init__(sd_model, name=name, dtype=dtype, vae_dtype=vae_dtype)
         self.conditioner = sd_model.conditioner
-        info = getattr(sd_model, "sd_checkpoint_info", None)
-        self.name = name or getattr(info, "name_for_extra", None) or type(sd_model).__name__
-        self.prediction_type = PARAMETERIZATIONS[sd_model.parameterization]
         self.context_dim = CONTEXT_DIM
         self.pooled_dim = POOLED_DIM
-        self.latent_channels = int(getattr(self.unet, "in_channels", 4))
-        decoder = getattr(self.vae, "decoder", None)
-        self.vae_scale_factor = 2 ** (int(getattr(decoder, "num_resolutions", 4)) - 1)
         self.freeze_pooled = False  #: the pooled part is not learned (training/refinement option)
-        self._dtype, self._vae_dtype, self._cond_dtype = dtype, vae_dtype, cond_dtype
+        self._cond_dtype = cond_dtype
         self.crop = (int(crop[0]), int(crop[1]))
-        ac = getattr(sd_model, "alphas_cumprod_original", None)
-        if ac is None:
-            ac = sd_model.alphas_cumprod
-        self._alphas_cumprod = ac.detach().float().cpu().clone()
         self._sizes: dict = {}
-
-    @property
-    def device(self) -> torch.device:
-        return first_param(self.unet).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype or first_param(self.unet).dtype
-
-    @property
-    def vae_dtype(self) -> torch.dtype:
-        return self._vae_dtype or first_param(self.vae).dtype
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return self._alphas_cumprod
-
-    @property
-    def scale_factor(self) -> float:
-        return float(self.sd_model.scale_factor)
 
     # ------------------------------------------------------------------ conditioning
     def size_inputs(self, height: int, width: int, rows: int = 1) -> dict:
@@ -220,7 +188,3 @@ class SgmBackend:
         """:func:`~..core.sdxl_backend.packed_frozen_entries` (``freeze_pooled`` default: :attr:`freeze_pooled`)."""
         freeze = self.freeze_pooled if freeze_pooled is None else freeze_pooled
         return packed_frozen_entries(negative, freeze, f"model '{self.name}'")
-
-    def gradient_checkpointing(self):
-        """Context manager: recompute UNet and VAE-decoder blocks in backward (less memory)."""
-        return gradient_checkpointing([self.unet, self.vae])
