@@ -204,5 +204,20 @@ def add_probed_samplers(graph: dict, negatives: dict, sampler) -> None:
     graph.pop("probe", None)
 
 
+def add_reference_rows(graph: dict, tag: str, prompts: list[str], clip: list, negative: list, size: int) -> None:
+    """Add to ``graph``, for each prompt ``i``, the reference a batch row is compared with: CLIP Text Encode of the
+    prompt (from ``clip``) sampled alone with ``negative`` by a copy of the graph's ``ks`` (its UNet probed as
+    ``<tag>_ref<i>``) on a 1-image ``size``² latent, decoded and previewed."""
+    for i, text in enumerate(prompts):
+        graph[f"pos{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}}
+        graph[f"probe{i}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": f"{tag}_ref{i}"}}
+        graph[f"lat{i}"] = {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}}
+        graph[f"ks{i}"] = {"class_type": "KSampler", "inputs": {
+            **graph["ks"]["inputs"], "model": [f"probe{i}", 0], "positive": [f"pos{i}", 0],
+            "negative": negative, "latent_image": [f"lat{i}", 0]}}
+        graph[f"dec{i}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"ks{i}", 0], "vae": ["ckpt", 2]}}
+        graph[f"prev{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"dec{i}", 0]}}
+
+
 def message_types(entry: dict) -> list[str]:
     return [m[0] for m in entry.get("status", {}).get("messages", [])]

@@ -276,15 +276,7 @@ def test_refine_a_latent_batch_to_ksampler(server):
                                  "inputs": {"images": ["refine", 3], "filename_prefix": "e2e_guaranteed"}}}
     graph["latent"]["inputs"]["batch_size"] = 2
     graph["ks"]["inputs"]["positive"] = ["refine", 0]
-    for i, text in enumerate(prompts):  # reference: CLIP Text Encode of each line
-        graph[f"pos{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["ckpt", 1]}}
-        graph[f"probe{i}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": f"{tag}_ref{i}"}}
-        graph[f"lat{i}"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
-        graph[f"ks{i}"] = {"class_type": "KSampler", "inputs": {
-            **graph["ks"]["inputs"], "model": [f"probe{i}", 0], "positive": [f"pos{i}", 0],
-            "negative": ["neg", 0], "latent_image": [f"lat{i}", 0]}}
-        graph[f"dec{i}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"ks{i}", 0], "vae": ["ckpt", 2]}}
-        graph[f"prev{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"dec{i}", 0]}}
+    cs.add_reference_rows(graph, tag, prompts, ["ckpt", 1], ["neg", 0], SIZE)  # reference: CLIP Text Encode of each line
     entry = server.run(graph)
     report = json.loads(entry["outputs"]["refine"]["text"][0])
     assert len(report["rows"]) == 2

@@ -205,15 +205,7 @@ def test_refine_a_latent_batch_on_sdxl_gives_each_row_its_own_context_and_pooled
                           "inputs": {"conditioning": ["refine", 1], "filename_prefix": "e2e_xl_refined_batch"}}}
     graph["latent"]["inputs"]["batch_size"] = 2
     graph["ks"]["inputs"].update(positive=["refine", 0], negative=["refine", 1])
-    for i, text in enumerate(prompts):  # reference: CLIP Text Encode of each line, sampled alone
-        graph[f"pos{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["clip", 0]}}
-        graph[f"probe{i}"] = {"class_type": "ReNegE2EProbe", "inputs": {"model": ["ckpt", 0], "tag": f"{tag}_ref{i}"}}
-        graph[f"lat{i}"] = {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1}}
-        graph[f"ks{i}"] = {"class_type": "KSampler", "inputs": {
-            **graph["ks"]["inputs"], "model": [f"probe{i}", 0], "positive": [f"pos{i}", 0],
-            "negative": ["neg0", 0], "latent_image": [f"lat{i}", 0]}}
-        graph[f"dec{i}"] = {"class_type": "VAEDecode", "inputs": {"samples": [f"ks{i}", 0], "vae": ["ckpt", 2]}}
-        graph[f"prev{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"dec{i}", 0]}}
+    cs.add_reference_rows(graph, tag, prompts, ["clip", 0], ["neg0", 0], SIZE)  # reference: CLIP Text Encode of each line, sampled alone
     entry = server.run(graph, timeout=1200)
     report = json.loads(entry["outputs"]["refine"]["text"][0])
     assert len(report["rows"]) == 2
