@@ -27,8 +27,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..core.errors import RenegError
-from ..core.sdxl_backend import (CONTEXT_DIM, CONTEXT_TOKENS, FAMILY, POOLED_DIM, pack, packed_frozen_entries,
-                                 unpack)
+from ..core.sdxl_backend import CONTEXT_DIM, POOLED_DIM, PackedSDXLNegative, check_packed_chunks, pack, unpack
 from .model_adapter import ForgeBackend, out_of_place
 
 
@@ -41,12 +40,10 @@ def check_forge_sdxl(sd_model: Any) -> None:
                              "refiner. Load an SDXL base-type checkpoint to refine or train.")
 
 
-class ForgeSDXLBackend(ForgeBackend):
+class ForgeSDXLBackend(PackedSDXLNegative, ForgeBackend):
     """DiffusionBackend over Forge's ``StableDiffusionXL`` engine (``shared.sd_model``); packed SDXL contexts."""
 
     sdxl = True
-    family = FAMILY
-    pooled_dim = POOLED_DIM
 
     def __init__(self, sd_model: Any, name: Optional[str] = None):
         check_forge_sdxl(sd_model)
@@ -54,7 +51,6 @@ class ForgeSDXLBackend(ForgeBackend):
         if self.context_dim != CONTEXT_DIM:
             raise RenegError(f"'{self.name}' has {self.context_dim}-wide cross-attention (SDXL base: {CONTEXT_DIM}); "
                              "ReNeg's SDXL support covers SDXL base and its fine-tunes, not the refiner.")
-        self.freeze_pooled = False  #: set by refinement/training options, as SDXLBackend's
         self._size_cache: dict = {}
 
     # ------------------------------------------------------------------------------------ size embedding
@@ -96,11 +92,7 @@ class ForgeSDXLBackend(ForgeBackend):
     def _unpacked(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(context ``[B, 77·k, 2048]``, pooled ``[B, 1280]``) of a packed ``[B, 77·k + 1, 2048]`` (k = 1 for
         negatives; prompts over 75 tokens keep Forge's k chunks and the first chunk's pooled)."""
-        tokens = context.shape[-2] - 1 if context.dim() == 3 else -1
-        if context.dim() != 3 or context.shape[-1] != CONTEXT_DIM or tokens < CONTEXT_TOKENS or tokens % CONTEXT_TOKENS:
-            raise RenegError(f"This SDXL negative is shaped {list(context.shape)}: the model '{self.name}' needs the "
-                             f"packed SDXL pair [batch, 78, {CONTEXT_DIM}] (cross-attention context + pooled "
-                             "embedding). Use a ReNeg SDXL file (it stores both tensors).")
+        check_packed_chunks(context, f"model '{self.name}'")
         return unpack(context, self.pooled_dim)
 
     # ------------------------------------------------------------------------------------------ prompts
@@ -117,8 +109,3 @@ class ForgeSDXLBackend(ForgeBackend):
             cross = cond["crossattn"].clone().to(device=self.device, dtype=torch.float32)
             pooled = cond["vector"][:, :POOLED_DIM].clone().to(device=self.device, dtype=torch.float32)
             return pack(cross, pooled)
-
-    def frozen_entries(self, negative: torch.Tensor, freeze_pooled: Optional[bool] = None) -> torch.Tensor:
-        """:func:`~..core.sdxl_backend.packed_frozen_entries` (``freeze_pooled`` default: :attr:`freeze_pooled`)."""
-        freeze = self.freeze_pooled if freeze_pooled is None else freeze_pooled
-        return packed_frozen_entries(negative, freeze, f"model '{self.name}'")

@@ -31,8 +31,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..core.errors import RenegError
-from ..core.sdxl_backend import (CONTEXT_DIM, CONTEXT_TOKENS, FAMILY, POOLED_DIM, pack, packed_frozen_entries,
-                                 unpack)
+from ..core.sdxl_backend import CONTEXT_DIM, POOLED_DIM, PackedSDXLNegative, check_packed_chunks, pack, unpack
 from .fp32 import fp32_module
 from .model_adapter import PARAMETERIZATIONS, LdmBackend, _timesteps, context_dim_of
 
@@ -77,14 +76,7 @@ def check_sgm_model(sd_model: Any) -> None:
                          "expects SDXL's layout (pooled text embedding first in 'vector').")
 
 
-def _check_context(context: torch.Tensor, where: str) -> None:
-    """A packed SDXL context: ``[B, 77·k + 1, 2048]`` (the webui's multi-chunk prompts too; the last row pooled)."""
-    if context.dim() != 3 or context.shape[-1] != CONTEXT_DIM or (context.shape[1] - 1) % CONTEXT_TOKENS:
-        raise RenegError(f"{where}: expected a packed SDXL conditioning [batch, 77·k + 1, {CONTEXT_DIM}] (context "
-                         f"rows + the pooled row); got {list(context.shape)}. Use an SDXL negative.")
-
-
-class SgmBackend(LdmBackend):
+class SgmBackend(PackedSDXLNegative, LdmBackend):
     """DiffusionBackend over A1111's SDXL ``DiffusionEngine``; contexts are packed ``[B, 78, 2048]``.
 
     ``dtype`` / ``vae_dtype``: compute dtypes (A1111: ``devices.dtype_unet`` / ``devices.dtype_vae``; default the
@@ -92,7 +84,6 @@ class SgmBackend(LdmBackend):
     ``(top, left)`` of Settings' ``sdxl_crop_top`` / ``sdxl_crop_left``. All weights stay frozen.
     """
 
-    family = FAMILY
     check_model = staticmethod(check_sgm_model)
 
     def __init__(self, sd_model: Any, name: Optional[str] = None, dtype: Optional[torch.dtype] = None,
@@ -101,8 +92,6 @@ class SgmBackend(LdmBackend):
         super().__init__(sd_model, name=name, dtype=dtype, vae_dtype=vae_dtype)
         self.conditioner = sd_model.conditioner
         self.context_dim = CONTEXT_DIM
-        self.pooled_dim = POOLED_DIM
-        self.freeze_pooled = False  #: the pooled part is not learned (training/refinement option)
         self._cond_dtype = cond_dtype
         self.crop = (int(crop[0]), int(crop[1]))
         self._sizes: dict = {}
@@ -145,7 +134,7 @@ class SgmBackend(LdmBackend):
                      context: torch.Tensor) -> torch.Tensor:
         """Raw UNet output (eps or v) for packed contexts ``[B, 77·k + 1, 2048]`` through ``apply_model`` with the
         cond dict ``{"crossattn": context, "vector": cat(pooled, size embedding of this image)}``."""
-        _check_context(context, f"model '{self.name}'")
+        check_packed_chunks(context, f"model '{self.name}'")
         rows = latents.shape[0]
         t = _timesteps(timestep, rows, latents.device)
         ctx, pooled = unpack(context.to(self.dtype), self.pooled_dim)
@@ -183,8 +172,3 @@ class SgmBackend(LdmBackend):
         untouched), e.g. the null-text start ``""`` of training."""
         with fp32_module(self.conditioner):
             return self._conditioning(prompts).float()
-
-    def frozen_entries(self, negative: torch.Tensor, freeze_pooled: Optional[bool] = None) -> torch.Tensor:
-        """:func:`~..core.sdxl_backend.packed_frozen_entries` (``freeze_pooled`` default: :attr:`freeze_pooled`)."""
-        freeze = self.freeze_pooled if freeze_pooled is None else freeze_pooled
-        return packed_frozen_entries(negative, freeze, f"model '{self.name}'")

@@ -70,6 +70,31 @@ def check_packed(tensor: torch.Tensor, where: str = "model") -> None:
             "ReNeg SDXL file (it stores both tensors), or learn one with `reneg train --model <SDXL model>`.")
 
 
+def check_packed_chunks(context: torch.Tensor, where: str = "model") -> None:
+    """A packed SDXL conditioning of one or more 77-token chunks, ``[B, 77·k + 1, 2048]`` (the webuis keep the k
+    chunks of prompts over 75 tokens; the last row is the pooled one); one clear error otherwise."""
+    tokens = context.shape[-2] - 1 if context.dim() == 3 else -1
+    if context.dim() != 3 or context.shape[-1] != CONTEXT_DIM or tokens < CONTEXT_TOKENS or tokens % CONTEXT_TOKENS:
+        raise RenegError(f"This SDXL negative is shaped {list(context.shape)}: the {where} needs the packed SDXL pair "
+                         f"[batch, {PACKED_TOKENS}, {CONTEXT_DIM}] (cross-attention context + pooled embedding). Use a "
+                         "ReNeg SDXL file (it stores both tensors).")
+
+
+class PackedSDXLNegative:
+    """What every SDXL backend (the CLI's, A1111's, Forge's) shares about its packed negative: the family, the
+    pooled width, the ``freeze_pooled`` option and :meth:`frozen_entries`."""
+
+    family = FAMILY
+    pooled_dim = POOLED_DIM
+    freeze_pooled = False  #: set by training/refinement options: the pooled part is not learned
+    name: str
+
+    def frozen_entries(self, negative: torch.Tensor, freeze_pooled: Optional[bool] = None) -> torch.Tensor:
+        """:func:`packed_frozen_entries` (``freeze_pooled`` default: :attr:`freeze_pooled`)."""
+        freeze = self.freeze_pooled if freeze_pooled is None else freeze_pooled
+        return packed_frozen_entries(negative, freeze, f"model '{self.name}'")
+
+
 def packed_frozen_entries(negative: torch.Tensor, freeze_pooled: bool = False, where: str = "model") -> torch.Tensor:
     """Bool mask of a packed SDXL negative's entries learning leaves unchanged: the unused padding of the pooled
     row always, the pooled embedding too when ``freeze_pooled``. Every SDXL backend's ``frozen_entries`` (the CLI's,
@@ -81,13 +106,11 @@ def packed_frozen_entries(negative: torch.Tensor, freeze_pooled: bool = False, w
 
 
 # -------------------------------------------------------------------------------------------------- backend
-class SDXLBackend(DiffusersBackend):
+class SDXLBackend(PackedSDXLNegative, DiffusersBackend):
     """SDXL from diffusers components; all weights frozen, eval mode. Contexts are in the packed layout.
 
     Shares the SD backend's plumbing (``device``/``dtype`` of the UNet, the schedule, gradient checkpointing);
     what differs is below."""
-
-    family = FAMILY
 
     def __init__(self, unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler,
                  name: str = "sdxl"):
@@ -111,11 +134,9 @@ class SDXLBackend(DiffusersBackend):
         self.name = name
         self.prediction_type = ddim.config.prediction_type
         self.context_dim = CONTEXT_DIM
-        self.pooled_dim = POOLED_DIM
         self.latent_channels = int(unet.config.in_channels)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.scaling_factor = float(vae.config.scaling_factor)
-        self.freeze_pooled = False  #: set by training/refinement options: the pooled part is not learned
 
     def to(self, device=None, dtype=None) -> "SDXLBackend":
         """Move/cast the networks; a ``force_upcast`` VAE (the stock SDXL VAE) stays fp32 under fp16."""
@@ -193,11 +214,6 @@ class SDXLBackend(DiffusersBackend):
         finally:
             for e, d in zip(encoders, dtypes):
                 e.to(d)
-
-    def frozen_entries(self, negative: torch.Tensor, freeze_pooled: Optional[bool] = None) -> torch.Tensor:
-        """:func:`packed_frozen_entries` (``freeze_pooled`` default: :attr:`freeze_pooled`)."""
-        freeze = self.freeze_pooled if freeze_pooled is None else freeze_pooled
-        return packed_frozen_entries(negative, freeze, f"model '{self.name}'")
 
     def pipeline(self):
         """A ``StableDiffusionXLPipeline`` sharing these components (DDIM scheduler, no watermark)."""
