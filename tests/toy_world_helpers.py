@@ -48,14 +48,3 @@ def caption_accuracy(images: torch.Tensor, captions: list[str]) -> float:
           for p, c in zip(preds, captions)]
     return sum(ok) / len(ok)
 
-
-def sharpness(images: torch.Tensor) -> torch.Tensor:
-    """Mean absolute horizontal + vertical pixel difference per image (blur lowers it)."""
-    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean((1, 2, 3))
-    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean((1, 2, 3))
-    return dx + dy
-
-
-def contrast(images: torch.Tensor) -> torch.Tensor:
-    """Std of the grey levels per image (washing out lowers it)."""
-    return images.mean(1).flatten(1).std(1)

@@ -38,11 +38,11 @@ class WorldRecipe:
     vae_crop: int = 32            #: < 32: train on random crops (cheaper); whole images since GroupNorm has 1 group
     vae_lr: float = 4e-3
     vae_kl: float = 1e-6
-    decoder_steps: int = 0        #: (800 in the trial world, see README) stage ``vae-decoder``: train the VAE decoder further, encoder frozen (the latents,
+    decoder_steps: int = 800      #: stage ``vae-decoder``: train the VAE decoder further, encoder frozen (the latents,
     #: hence the UNets, stay valid). The 1500-step decoder drew green AND blue on white as the same teal (33,131,129)
     #: / (33,124,144): foreground error 64 / 83 of 255 there vs 18-27 elsewhere; after this stage 12-17 everywhere
     decoder_lr: float = 2e-3
-    decoder_fg_weight: float = 0.0  #: (3.0 in the trial world) extra loss weight on foreground pixels (far from the background colour)
+    decoder_fg_weight: float = 3.0  #: extra loss weight on foreground pixels (far from the background colour)
     unet_steps: int = 2200
     unet2_steps: int = 300
     unet2_images: int = 3000      #: toy-2's own dataset (seed and defect rate from TOY_GENERATORS)
@@ -58,7 +58,7 @@ class WorldRecipe:
     #: (lr 2e-3, batch 16): uniform t 0.1-0.2% either weighting, all t >= 700 11.8% at t=900 (lr 5e-3: 0.3%)
     high_noise_from: int = 700
     ema: float = 0.995
-    unet_more_steps: int = 0      #: (1800 in the trial world) stage ``toy-more``: continue ``toy``'s UNet + text encoder (fresh AdamW + cosine,
+    unet_more_steps: int = 1800   #: stage ``toy-more``: continue ``toy``'s UNet + text encoder (fresh AdamW + cosine,
     #: own data order). The 2200-step UNet was under-trained: 300 more steps lifted held-out colour+position accuracy
     #: 45.8% -> 62.5% (position 75% -> 96%)
     unet_more_lr: float = 1e-3
