@@ -24,7 +24,7 @@ def register(sub) -> None:
                    help="default: toy on the toy world, synthetic on tiny models, hpsv2.1 otherwise")
     add_reward_weights_arg(p)
     p.add_argument("--train-steps", type=int_in(0, 100000), default=None,
-                   help="global training steps (default: 20 on toy, 25 on tiny; 0 on real models = use the "
+                   help="global training steps (default: 60 on toy, 25 on tiny; 0 on real models = use the "
                         "released embedding)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of every step (default 0)")
     p.add_argument("--device", type=device_arg, default=None,

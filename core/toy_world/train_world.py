@@ -1,11 +1,12 @@
-"""Train the TOY WORLD from scratch: VAE, text encoder + UNet (``toy``), a second UNet (``toy-2``) and the reward.
+"""Train the TOY WORLD from scratch: VAE (+ its decoder further), the reward, text encoder + UNet (``toy``, then
+``toy-more``) and a second UNet (``toy-2``).
 
-    python -m reneg.core.toy_world.train_world [--out DIR] [--threads 1] [--stages toy,toy-2]
+    python -m reneg.core.toy_world.train_world [--out DIR] [--threads 1] [--stages toy,toy-more,toy-2]
 
 Reproducible: every stage draws from its own seeded ``torch.Generator`` / ``random.Random`` and the data is a pure
-function of its seed, so the same seed and thread count give the same weights (CPU). About 50 minutes at 1 thread on
-a busy 2-core machine (VAE 7.7, reward 2.5, toy 34.7, toy-2 4.5; reward may run beside toy; ``world.json`` has the
-measured seconds); writes the fp16 ``.safetensors`` files the pack ships in ``core/toy_world/weights/`` and ``world.json``
+function of its seed, so the same seed and thread count give the same weights (CPU). About 90 minutes at 1 thread on
+a busy 2-core machine (VAE 7.7, vae-decoder 7.1, reward 1.4, toy 34.7, toy-more 35.8, toy-2 2.5 minutes; reward may
+run beside toy; ``world.json`` has the measured seconds); writes the fp16 ``.safetensors`` files the pack ships in ``core/toy_world/weights/`` and ``world.json``
 (recipe, timings, sizes). Toy models for demos and tests -- not for art.
 """
 from __future__ import annotations
@@ -449,7 +450,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help=f"output folder (default {WEIGHTS_DIR})")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; part of the recipe)")
     p.add_argument("--stages", default=",".join(STAGES),
-                   help="comma-separated subset of vae,toy,reward,toy-2 (default: all, in that order)")
+                   help=f"comma-separated subset of {','.join(STAGES)} (default: all, in that order)")
     p.add_argument("--decoder-steps", type=int, default=None, help="steps of stage vae-decoder (default: the recipe's)")
     p.add_argument("--decoder-fg-weight", type=float, default=None, help="foreground weight of stage vae-decoder")
     p.add_argument("--more-steps", type=int, default=None, help="steps of stage toy-more (default: the recipe's)")
