@@ -88,8 +88,10 @@ def diffusers_unet_to_ldm(state_dict: dict, unet_config: dict) -> dict:
     return {mapping[k]: v for k, v in state_dict.items()}
 
 
-def comfy_model_from_diffusers(unet, prediction_type: str = "epsilon"):
-    """A ComfyUI ``ModelPatcher`` (SD1.x/SD2.x ``BaseModel``) holding a diffusers UNet's exact weights."""
+def comfy_model_from_diffusers(unet, prediction_type: str = "epsilon", scaling_factor: float | None = None):
+    """A ComfyUI ``ModelPatcher`` (SD1.x/SD2.x ``BaseModel``) holding a diffusers UNet's exact weights.
+
+    ``scaling_factor``: the VAE latent scale, when it is not SD's (the toy world's VAE has its own)."""
     import comfy.model_base
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -102,7 +104,10 @@ def comfy_model_from_diffusers(unet, prediction_type: str = "epsilon"):
     model_config.set_inference_dtype(torch.float32, None)
     model_type = (comfy.model_base.ModelType.V_PREDICTION if prediction_type == "v_prediction"
                   else comfy.model_base.ModelType.EPS)
-    base = comfy.model_base.BaseModel(model_config, model_type=model_type, device="cpu")
+    with _group_norm_groups(unet.config.norm_num_groups):
+        base = comfy.model_base.BaseModel(model_config, model_type=model_type, device="cpu")
+    if scaling_factor is not None:
+        base.latent_format.scale_factor = float(scaling_factor)
     sd = diffusers_unet_to_ldm({k: v.detach().clone() for k, v in unet.state_dict().items()}, cfg)
     missing, unexpected = base.diffusion_model.load_state_dict(sd, strict=False)
     if missing or unexpected:
@@ -113,24 +118,27 @@ def comfy_model_from_diffusers(unet, prediction_type: str = "epsilon"):
 
 @contextlib.contextmanager
 def _group_norm_groups(groups: int):
-    """ComfyUI's VAE hard-codes GroupNorm(32); build a VAE whose diffusers twin uses ``groups`` instead.
+    """ComfyUI's UNet and VAE hard-code GroupNorm(32); build them with ``groups`` instead (what the diffusers twin
+    uses, e.g. the toy world's 8 / 1). Only the group count of the norms created inside the block changes; their
+    forward is ComfyUI's own. Patches the CPU fp32 operations (``comfy.ops.disable_weight_init``) and the
+    manual-cast ones."""
+    import comfy.ops
 
-    Only the group count of the norms created inside the block changes; their forward is ComfyUI's own.
-    """
-    import comfy.ldm.modules.diffusionmodules.model as vae_modules
+    classes = (comfy.ops.disable_weight_init, comfy.ops.manual_cast)
+    originals = [c.__dict__.get("GroupNorm") for c in classes]
+    for cls in classes:
+        original = cls.GroupNorm
 
-    ops = vae_modules.ops
-    original = ops.GroupNorm
+        class GroupNormWithGroups(original):
+            def __init__(self, num_groups, num_channels, *args, **kwargs):
+                super().__init__(groups, num_channels, *args, **kwargs)
 
-    class GroupNormWithGroups(original):
-        def __init__(self, num_groups, num_channels, *args, **kwargs):
-            super().__init__(groups, num_channels, *args, **kwargs)
-
-    ops.GroupNorm = GroupNormWithGroups
+        cls.GroupNorm = GroupNormWithGroups
     try:
         yield
     finally:
-        ops.GroupNorm = original
+        for cls, original in zip(classes, originals):
+            cls.GroupNorm = original
 
 
 def comfy_vae_from_diffusers(vae):
@@ -143,10 +151,15 @@ def comfy_vae_from_diffusers(vae):
                 "in_channels": c.in_channels, "out_ch": c.out_channels, "ch": base,
                 "ch_mult": [b // base for b in c.block_out_channels], "num_res_blocks": c.layers_per_block,
                 "attn_resolutions": [], "dropout": 0.0}
-    sd = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+    from reneg.core.toy_world.checkpoint import vae_to_ldm
+
+    # ldm names from the pack's own map: ComfyUI's diffusers->ldm VAE map assumes SD's 4 levels (the toy VAE has 2)
+    sd = {k: v.detach().clone() for k, v in vae_to_ldm(vae).items()}
     with _group_norm_groups(c.norm_num_groups):
         out = comfy.sd.VAE(sd=sd, config={"params": {"ddconfig": ddconfig, "embed_dim": c.latent_channels}},
                            dtype=torch.float32)
+    # with an explicit config ComfyUI keeps SD's 8x; the ratio follows the levels (the toy VAE: 2 levels, 4x)
+    out.downscale_ratio = out.upscale_ratio = 2 ** (len(c.block_out_channels) - 1)
     return out
 
 
@@ -357,19 +370,21 @@ def build_pixart_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
 
 # --- refine equivalence --------------------------------------------------------------------------------------
 def refine_equivalence(out_dir: str | os.PathLike, model: str = "tiny", **kw) -> dict:
-    """Run the ReNeg Refine node's code on ComfyUI copies of the CLI's tiny model; write inputs and result.
+    """Run the ReNeg Refine node's code on ComfyUI copies of the CLI's ``model`` (``tiny``, or the trained toy world
+    ``toy`` with its ``toy`` reward); write inputs and result.
 
-    The test compares the result with ``core.refine`` on the diffusers tiny backend for the same inputs.
+    The test compares the result with ``core.refine`` on the diffusers backend for the same inputs.
     """
     from safetensors.torch import save_file
 
     comfy_on_path()
     pack = load_pack()
-    from reneg.core.tiny_models import load_tiny_backend
+    from reneg.core.diffusers_backend import load_backend
     from reneg.comfy_nodes import refine_run
 
-    diffusers_backend = load_tiny_backend(model, fresh=True)
-    comfy_model = comfy_model_from_diffusers(diffusers_backend.unet, diffusers_backend.prediction_type)
+    diffusers_backend = load_backend(model)
+    comfy_model = comfy_model_from_diffusers(diffusers_backend.unet, diffusers_backend.prediction_type,
+                                             diffusers_backend.scaling_factor)
     comfy_vae = comfy_vae_from_diffusers(diffusers_backend.vae)
     prompt = kw.pop("prompt")
     with torch.inference_mode():  # what ComfyUI's executor wraps every node in
@@ -379,7 +394,7 @@ def refine_equivalence(out_dir: str | os.PathLike, model: str = "tiny", **kw) ->
         negative = [[init.clone(), {"pooled_output": None}]]
         from reneg.comfy_nodes.reward_run import build_node_reward
 
-        reward = build_node_reward("tiny", "auto", "", [])  # what the Load ReNeg Reward node returns
+        reward = build_node_reward("toy" if model.startswith("toy") else "tiny", "auto", "", [])  # what the Load ReNeg Reward node returns
         result = refine_run.refine_conditioning(comfy_model, comfy_vae, [positive], negative, reward,
                                                 prompts=[prompt], **kw)
     out = Path(out_dir)
