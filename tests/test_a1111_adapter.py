@@ -11,13 +11,13 @@ import pytest
 import torch
 
 pytest.importorskip("pytorch_lightning", reason="ldm's LatentDiffusion needs pytorch_lightning")
-from reneg.a1111_extension.tiny_checkpoint import ensure_ldm_importable  # noqa: E402
+from a1111_tiny_checkpoint import ensure_ldm_importable  # noqa: E402
 
 ensure_ldm_importable()
 pytest.importorskip("ldm.models.diffusion.ddpm", reason="needs PyPI stable-diffusion-sdkit (pip install --no-deps)")
 
 from reneg.a1111_extension import model_adapter as ma  # noqa: E402
-from reneg.a1111_extension.tiny_checkpoint import (build_ldm, diffusers_components_from_ldm,  # noqa: E402
+from a1111_tiny_checkpoint import (build_ldm, diffusers_components_from_ldm,  # noqa: E402
                                                    write_text_encoder)
 from reneg.core.ddim import initial_latents, make_scheduler, sample, split_prediction  # noqa: E402
 from reneg.core.diffusers_backend import DiffusersBackend  # noqa: E402

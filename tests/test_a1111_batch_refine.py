@@ -12,7 +12,7 @@ import pytest
 import torch
 
 pytest.importorskip("pytorch_lightning", reason="ldm's LatentDiffusion needs pytorch_lightning")
-from reneg.a1111_extension.tiny_checkpoint import ensure_ldm_importable  # noqa: E402
+from a1111_tiny_checkpoint import ensure_ldm_importable  # noqa: E402
 
 ensure_ldm_importable()
 pytest.importorskip("ldm.models.diffusion.ddpm", reason="needs PyPI stable-diffusion-sdkit (pip install --no-deps)")
@@ -22,7 +22,7 @@ from reneg.a1111_extension.fp32 import fp32_module, fp32_reward  # noqa: E402
 from reneg.a1111_extension.model_adapter import LdmBackend  # noqa: E402
 from reneg.a1111_extension.script_logic import (KEY_REFINE_SKIPPED, KEY_REFINE_STEPS, KEY_REFINED,  # noqa: E402
                                                 ScriptArgs, args_from_infotext, refine_infotext)
-from reneg.a1111_extension.tiny_checkpoint import build_ldm, write_text_encoder  # noqa: E402
+from a1111_tiny_checkpoint import build_ldm, write_text_encoder  # noqa: E402
 from reneg.a1111_extension.train_logic import run_training  # noqa: E402
 from reneg.a1111_extension.uncond import UncondPlan, replace_tensor  # noqa: E402
 from reneg.core.model_boundary import encode_fp32  # noqa: E402

@@ -28,7 +28,7 @@ pytest.importorskip("pytorch_lightning", reason="ldm's LatentDiffusion needs pyt
 def pair(tmp_path_factory):
     """(Forge adapter, ldm adapter) on the same tiny weights."""
     from reneg.a1111_extension.model_adapter import ForgeBackend, LdmBackend
-    from reneg.a1111_extension.tiny_checkpoint import (build_ldm, ensure_ldm_importable, ldm_config,
+    from a1111_tiny_checkpoint import (build_ldm, ensure_ldm_importable, ldm_config,
                                                        write_text_encoder)
 
     ensure_ldm_importable()
@@ -186,7 +186,7 @@ def test_forge_computes_the_text_encoding_in_fp32_whatever_its_storage_dtype(tmp
     import json
     import subprocess
 
-    from reneg.a1111_extension.tiny_checkpoint import write_text_encoder
+    from a1111_tiny_checkpoint import write_text_encoder
 
     forge_python = os.environ.get("FORGE_PYTHON")
     if not forge_python:

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 pytest.importorskip("pytorch_lightning", reason="ldm's LatentDiffusion needs pytorch_lightning")
-from reneg.a1111_extension.tiny_checkpoint import ensure_ldm_importable  # noqa: E402
+from a1111_tiny_checkpoint import ensure_ldm_importable  # noqa: E402
 
 ensure_ldm_importable()
 pytest.importorskip("ldm.models.diffusion.ddpm", reason="needs PyPI stable-diffusion-sdkit (pip install --no-deps)")
 
 from reneg.a1111_extension.model_adapter import LdmBackend  # noqa: E402
-from reneg.a1111_extension.tiny_checkpoint import build_ldm, write_text_encoder  # noqa: E402
+from a1111_tiny_checkpoint import build_ldm, write_text_encoder  # noqa: E402
 from reneg.a1111_extension.train_logic import TrainHooks, run_training  # noqa: E402
 from reneg.core.embedding_io import load_embedding  # noqa: E402
 from reneg.core.refine import refine_negative  # noqa: E402

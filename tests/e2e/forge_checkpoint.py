@@ -25,7 +25,7 @@ def build(path: Path, seed: int = 0) -> Path:
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from reneg.a1111_extension.tiny_checkpoint import ensure_ldm_importable
+    from a1111_tiny_checkpoint import ensure_ldm_importable
 
     ensure_ldm_importable()
     with torch.random.fork_rng(devices=[]):

@@ -103,7 +103,7 @@ A1111 = Host("A1111", A1111_PATH, os.environ.get("A1111_PYTHON", sys.executable)
 def _prepare(data: Path, checkpoint: Optional[Path] = None) -> Path:
     """Checkpoint (default: the tiny one + yaml), two embeddings in models/ReNeg, extensions/reneg -> this repo;
     returns the ckpt."""
-    from reneg.a1111_extension.tiny_checkpoint import write_checkpoint
+    from a1111_tiny_checkpoint import write_checkpoint
     from reneg.core.embedding_io import save_embedding
 
     if checkpoint is None:
@@ -217,7 +217,7 @@ def test_webui_ddim_equals_core_engine(setup):
     from safetensors.torch import load_file
 
     from reneg.a1111_extension.model_adapter import LdmBackend
-    from reneg.a1111_extension.tiny_checkpoint import build_ldm
+    from a1111_tiny_checkpoint import build_ldm
     from reneg.core.ddim import initial_latents, sample
     from reneg.core.embedding_io import load_embedding
 

@@ -64,7 +64,7 @@ def write_text_encoder(directory: str | Path, kind: str = "tiny", seed: int = 0)
     """A tiny random ``CLIPTextModel`` + the real CLIP tokenizer files, as a ``from_pretrained`` folder."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..core.clip_tokenizer import VOCAB_SIZE, write_clip_tokenizer_files
+    from reneg.core.clip_tokenizer import VOCAB_SIZE, write_clip_tokenizer_files
 
     _, ctx, _ = TINY_KINDS[kind]
     out = Path(directory)
