@@ -6,8 +6,9 @@
 Reproducible: every stage draws from its own seeded ``torch.Generator`` / ``random.Random`` and the data is a pure
 function of its seed, so the same seed and thread count give the same weights (CPU). About 90 minutes at 1 thread on
 a busy 2-core machine (VAE 7.7, vae-decoder 7.1, reward 1.4, toy 34.7, toy-more 35.8, toy-2 2.5 minutes; reward may
-run beside toy; ``world.json`` has the measured seconds); 32 minutes with ``--threads 2`` on a quiet one; writes the fp16 ``.safetensors`` files the pack ships in ``core/toy_world/weights/`` and ``world.json``
-(recipe, timings, sizes). Toy models for demos and tests -- not for art.
+run beside toy; ``world.json`` has the measured seconds); 32 minutes with ``--threads 2`` on a quiet one. Writes
+the fp16 ``.safetensors`` files the pack ships in ``core/toy_world/weights/`` and ``world.json`` (recipe, timings,
+sizes). Toy models for demos and tests -- not for art.
 """
 from __future__ import annotations
 
